@@ -1,0 +1,267 @@
+"""The ``lightseg`` command line. Every user-facing problem is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import LightSegError
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from image/mask folders")
+    p.add_argument("--arch", default="miniseg", help="miniseg or ulite")
+    p.add_argument("--images", type=Path, required=True, help="folder of 8-bit slices")
+    p.add_argument("--masks", type=Path, required=True, help="folder of masks with the same names (255 = infection)")
+    p.add_argument("--soft-labels", action="store_true", help="masks are soft 0-255 pseudo-labels")
+    p.add_argument("--name", required=True, help="model id, also the output file names")
+    p.add_argument("-o", "--output", type=Path, help="output folder (default: the user model store)")
+    p.add_argument("--init", help="start from this model's weights (id or card path)")
+    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--keep", choices=("best", "last"), default="best",
+                   help="keep the epoch with the best validation Inf-Net Dice, or the last epoch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, help="stop after this many minutes (after the current epoch)")
+    p.add_argument("--hu-window-from", type=Path, metavar="JSON",
+                   help="HU window for CT volumes, as measured by 'lightseg calibrate-window'")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--description", default="")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--force", action="store_true", help="overwrite an existing model of that name")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import registry
+    from .devices import pick_device
+    from .training.loop import TrainConfig
+    from .training.recipe import ARCH_DEFAULTS, TrainRequest, describe_command, print_epoch, run_training
+    from .training.slices import load_image_folders
+
+    if args.arch not in ARCH_DEFAULTS:
+        raise LightSegError(f"unknown architecture {args.arch!r}; choose from {', '.join(ARCH_DEFAULTS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output = args.output or registry.user_dir()
+    if (output / f"{args.name}.json").exists() and not args.force:
+        raise LightSegError("a model of that name exists there (use --force to replace it)", output / f"{args.name}.json")
+    data = load_image_folders(args.images, args.masks, soft=args.soft_labels)
+    init = registry.resolve(args.init) if args.init else None
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      input_size=args.input_size or ARCH_DEFAULTS[args.arch]["input_size"], seed=args.seed,
+                      minutes=args.minutes, device=str(pick_device(args.device)))
+    request = TrainRequest(
+        arch=args.arch, name=args.name, output_dir=output, data=data,
+        data_description={"images": str(args.images), "masks": str(args.masks), "slices": len(data),
+                          "soft_labels": args.soft_labels},
+        val_fraction=args.val_fraction, keep=args.keep, init=init,
+        hu_window=_load_window(args.hu_window_from) if args.hu_window_from else None,
+        version=args.version, description=args.description)
+    path, result = run_training(request, cfg, describe_command(), on_epoch=print_epoch)
+    print(f"saved {path} (epoch {result.best_epoch if args.keep == 'best' else len(result.history)} kept, "
+          f"{result.stopped}, {result.seconds / 60:.1f} min)")
+    return 0
+
+
+def _progress_bar(description: str):
+    """A tqdm bar on a terminal, nothing otherwise; returns (callback, close)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="slice", disable=not sys.stderr.isatty(), leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment lung infection in a CT volume, DICOM folder or 2D slice")
+    p.add_argument("input", type=Path, help="NIfTI, NRRD, MetaImage, DICOM folder, or PNG/JPG slice")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="label map: .nii.gz, .nrrd, .seg.nrrd or .mha (volumes), .png (slices)")
+    p.add_argument("--model", help=f"model id or card path (default {DEFAULT_MODEL_HELP})")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--probabilities", type=Path, help="also write the network's infection probability (.npy or image)")
+    p.add_argument("--report", type=Path, help="also write a JSON report (volumes, percent per lung, timings)")
+    p.add_argument("--batch-size", type=int, help="slices per network batch")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(func=_cmd_segment)
+
+
+DEFAULT_MODEL_HELP = "miniseg-covid"
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .pipeline import SegmentRequest, segment_file
+    from .report import summary_lines
+
+    request = SegmentRequest(args.input, args.output, args.model, args.device, args.probabilities, args.report,
+                             args.force, args.batch_size)
+    update, close = _progress_bar("segmenting")
+    try:
+        outcome = segment_file(request, progress=update)
+    finally:
+        close()
+    for line in summary_lines(outcome.report):
+        print(line)
+    print(f"wrote {args.output} in {outcome.report['timings_s']['total']:.1f} s on {outcome.report['device']}")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list bundled and user models")
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    p.add_argument("--remove", metavar="NAME", help="delete a user model (bundled models cannot be removed)")
+    p.set_defaults(func=_cmd_models)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from . import registry
+
+    if args.remove:
+        for path in registry.remove_user_model(args.remove):
+            print(f"removed {path}")
+        return 0
+    entries = registry.list_models()
+    rows = [{"id": e.card.id, "version": e.card.version, "architecture": e.card.architecture,
+             "parameters": e.card.parameters, "licence": e.card.licence.split(" (")[0],
+             "where": "bundled" if e.bundled else "user",
+             "val_infnet_dice": e.card.validation.get("kept", {}).get("infnet_dice")} for e in entries]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no models found (bundled: {registry.bundled_dir()}, user: {registry.user_dir()})")
+        return 0
+    header = ("id", "version", "architecture", "parameters", "licence", "where")
+    table = [header] + [tuple(f"{r[h]:,}" if h == "parameters" else str(r[h]) for h in header) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="segment the bundled sample CT and write a mask, a report and a montage")
+    p.add_argument("-o", "--output-dir", type=Path, default=Path("demo-output"))
+    p.add_argument("--model", help="model id or card path (default miniseg-covid)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="overwrite earlier demo output")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .montage import write_montage
+    from .pipeline import SegmentRequest, segment_file
+    from .report import summary_lines
+    from .sample import sample_path
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    out = args.output_dir
+    montage = out / "sample-montage.png"
+    if montage.exists() and not args.force:
+        raise LightSegError("output exists (use --force to overwrite it)", montage)
+    request = SegmentRequest(sample_path(), out / "sample-infection.seg.nrrd", args.model, args.device,
+                             report=out / "sample-report.json", force=args.force)
+    update, close = _progress_bar("segmenting the sample")
+    try:
+        outcome = segment_file(request, progress=update)
+    finally:
+        close()
+    write_montage(outcome.image, outcome.result, montage)
+    print(f"sample: {request.input}")
+    for line in summary_lines(outcome.report):
+        print(line)
+    for label, path in (("segmentation", request.output), ("report", request.report), ("montage", montage)):
+        print(f"{label}: {path}")
+    return 0
+
+
+def _load_window(path: Path):
+    import json
+
+    from .cards import HUWindow
+
+    try:
+        data = json.loads(path.read_text())
+        return HUWindow(float(data["level"]), float(data["width"]), data["method"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise LightSegError(f"not a calibrate-window result ({type(exc).__name__}: {exc})", path) from None
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate-window", help="measure the HU window that maps a CT into the training slices' domain")
+    p.add_argument("--images", type=Path, required=True, help="the training slices (8-bit)")
+    p.add_argument("--volume", type=Path, required=True, help="a chest CT in HU (file or DICOM folder)")
+    p.add_argument("-o", "--output", type=Path, help="write the result as JSON (for 'lightseg train --hu-window-from')")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_cmd_calibrate)
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from .calibration import crop_hu_values, fit_window, training_quantiles
+    from .io import check_output_path, read_image, write_atomically
+    from .training.slices import IMAGE_SUFFIXES, read_gray
+
+    if args.output:
+        check_output_path(args.output, (".json",), args.force)
+    if not args.images.is_dir():
+        raise LightSegError("not a folder", args.images)
+    images = [read_gray(p) for p in sorted(args.images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not images:
+        raise LightSegError("no images in folder", args.images)
+    values, slices = crop_hu_values(read_image(args.volume).image)
+    fit = fit_window(training_quantiles(images), values)
+    result = {"level": fit.level, "width": fit.width, "distance": round(fit.distance, 5),
+              "reference_distances": {k: round(v, 5) for k, v in fit.reference_distances.items()},
+              "method": fit.method(args.volume.name, slices), "training_images": len(images),
+              "volume": str(args.volume)}
+    print(f"HU window: level {fit.level:.0f}, width {fit.width:.0f} (distance {fit.distance:.4f}; "
+          + ", ".join(f"{k} {v:.4f}" for k, v in fit.reference_distances.items()) + ")")
+    if args.output:
+        write_atomically(args.output, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lightseg", description="COVID-19 lung infection segmentation on chest CT")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_segment(sub)
+    _add_models(sub)
+    _add_demo(sub)
+    _add_train(sub)
+    _add_calibrate(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LightSegError as exc:
+        print(f"lightseg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lightseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

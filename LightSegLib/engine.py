@@ -1,0 +1,116 @@
+"""Slice-wise batched inference: CT volume or 2D slice in, label map (and optionally probabilities) out.
+
+Memory stays bounded: the HU volume is read through a view, one batch of slices at a time is converted to float,
+labels are uint8, and probabilities are only kept when the caller passes an array (or a memory map) for them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .cards import ModelCard, load_network
+from .devices import pick_device
+from .errors import LightSegError
+from .geometry import AxialView, image_from_array
+from .io import INFECTION, LUNG
+from .lungs import LungMask, lung_mask
+from .network import forward_probability, predict_image
+from .preprocess import crop_affines, lung_boxes, resample, window_to_unit
+
+Progress = Callable[[int, int], None]
+Cancel = Callable[[], bool]
+THRESHOLD = 0.5
+
+
+class Cancelled(Exception):
+    """Raised between batches when the cancel callable returns True."""
+
+
+@dataclass
+class Segmentation:
+    """The result of one run: labels on the input's grid, the lung sides (canonical order) and timings."""
+
+    labels: sitk.Image
+    view: AxialView | None
+    lungs: LungMask | None
+    slices_total: int
+    slices_segmented: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Segmenter:
+    """A loaded model on a device, ready to segment volumes and slices."""
+
+    def __init__(self, card: ModelCard, device: str = "auto", batch_size: int | None = None) -> None:
+        self.card = card
+        self.spec = card.input_spec()
+        self.device = pick_device(device)
+        self.model = load_network(card).to(self.device)
+        self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
+        if card.hu_window is None:
+            raise LightSegError("model card has no HU window, so it cannot segment CT volumes", card.path)
+
+    def _forward(self, x01: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            return forward_probability(self.model, self.spec, x01).float()
+
+    def segment(self, image: sitk.Image, is_2d: bool, progress: Progress | None = None, cancel: Cancel | None = None,
+                probabilities: np.ndarray | None = None) -> Segmentation:
+        if is_2d:
+            return self.segment_slice(image, probabilities)
+        return self.segment_volume(image, progress, cancel, probabilities)
+
+    def segment_slice(self, image: sitk.Image, probabilities: np.ndarray | None = None) -> Segmentation:
+        """A 2D 8-bit slice, already windowed and lung-cropped like the training slices: pixel / 255."""
+        start = time.perf_counter()
+        pixels = sitk.GetArrayViewFromImage(image)
+        scale = 65535.0 if pixels.dtype == np.uint16 else 255.0
+        prob = predict_image(self.model, self.spec, pixels.astype(np.float32) / scale, self.device)
+        if probabilities is not None:
+            probabilities[...] = prob
+        labels = image_from_array((prob >= THRESHOLD).astype(np.uint8) * INFECTION, image)
+        return Segmentation(labels, None, None, 1, 1, {"inference": time.perf_counter() - start})
+
+    def segment_volume(self, image: sitk.Image, progress: Progress | None = None, cancel: Cancel | None = None,
+                       probabilities: np.ndarray | None = None) -> Segmentation:
+        """A CT volume in HU, in any orientation; ``probabilities`` (same shape as the image array) is filled if given."""
+        timings: dict[str, float] = {}
+        tic = time.perf_counter()
+        view = AxialView.of(image)
+        hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
+        lungs = lung_mask(hu, view.spacing)
+        crops = lung_boxes(lungs.lungs)
+        timings["lung_mask"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+        labels_c = view.to_canonical(labels)
+        prob_c = None if probabilities is None else view.to_canonical(probabilities)
+        if prob_c is not None:
+            prob_c[...] = 0
+        height, width = hu.shape[1:]
+        to_crop, to_slice = crop_affines(crops.boxes, height, width)
+        total = len(crops.slices)
+        for start in range(0, total, self.batch_size):
+            if cancel is not None and cancel():
+                raise Cancelled()
+            batch = slice(start, start + self.batch_size)
+            z = crops.slices[batch]
+            hu_batch = torch.from_numpy(np.ascontiguousarray(hu[z], dtype=np.float32))[:, None].to(self.device)
+            x01 = resample(window_to_unit(hu_batch, self.card.hu_window), to_crop[batch], self.spec.size, "border")
+            prob_small = self._forward(x01)
+            prob = resample(prob_small[:, None], to_slice[batch], (height, width))[:, 0].clamp_(0, 1).cpu().numpy()
+            lung = lungs.lungs[z]
+            labels_c[z] = np.where(lung, np.where(prob >= THRESHOLD, INFECTION, LUNG), 0)
+            if prob_c is not None:
+                prob_c[z] = prob
+            if progress is not None:
+                progress(min(start + self.batch_size, total), total)
+        timings["inference"] = time.perf_counter() - tic
+        return Segmentation(image_from_array(labels, image), view, lungs, hu.shape[0], total, timings)

@@ -1,0 +1,210 @@
+"""Reading CT volumes and 2D slices, writing label maps; geometry always copied from the input.
+
+Inputs: NIfTI, NRRD, MetaImage, a DICOM series folder (largest series), PNG/JPG slices.
+Outputs: label maps as .nii.gz/.nii/.nrrd/.mha, Slicer .seg.nrrd with named coloured segments, PNG (2D only).
+Every write goes to a temporary file that is renamed at the end, so a failure leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import slicerio
+
+from .errors import LightSegError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".png")
+ARRAY_SUFFIXES = (".npy",)
+
+INFECTION, LUNG = 1, 2  # label values: 0 background, 1 infection, 2 lung without infection
+ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+SEGMENTS = (
+    {"id": "Lungs", "name": "Lungs", "color": [0.77, 0.48, 0.42],
+     "terminology": {"contextName": ANATOMY_CONTEXT,
+                     "category": ["SCT", "123037004", "Anatomical Structure"],
+                     "type": ["SCT", "39607008", "Lung"]}},
+    {"id": "Infection", "name": "Infection", "color": [0.95, 0.85, 0.15],
+     "terminology": {"contextName": ANATOMY_CONTEXT,
+                     "category": ["SCT", "49755003", "Morphologically Altered Structure"],
+                     "type": ["SCT", "52988006", "Lesion"],
+                     "anatomicContextName": "Anatomic codes - DICOM master list",
+                     "anatomicRegion": ["SCT", "39607008", "Lung"]}},
+)
+
+
+@dataclass
+class LoadedImage:
+    """An input image and what was learned while reading it."""
+
+    image: sitk.Image
+    path: Path
+    is_2d: bool
+    note: str = ""
+
+
+def suffix_of(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in LABEL_SUFFIXES + VOLUME_SUFFIXES + IMAGE_SUFFIXES + ARRAY_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str]:
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise LightSegError("folder is empty", folder)
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise LightSegError("folder holds no DICOM series", folder)
+    files_by_series = {uid: reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series}
+    uid = max(files_by_series, key=lambda u: len(files_by_series[u]))
+    reader.SetFileNames(files_by_series[uid])
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise LightSegError(f"cannot read DICOM series {uid} ({_first_line(exc)})", folder) from None
+    note = f"DICOM series {uid} ({len(files_by_series[uid])} slices)"
+    if len(series) > 1:
+        note += f", the largest of {len(series)} series in the folder"
+    return image, note
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "ERROR" in line or "Exception" in line] or lines
+    return (useful[-1] if useful else type(exc).__name__)[:200]
+
+
+def read_image(path: str | Path) -> LoadedImage:
+    """Read a CT volume (file or DICOM folder) or a 2D slice; bad input raises a one-line ``LightSegError``."""
+    path = Path(path)
+    if not path.exists():
+        raise LightSegError("no such file or folder", path)
+    if path.is_dir():
+        image, note = _read_dicom_folder(path)
+        return _checked(LoadedImage(image, path, False, note))
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise LightSegError("cannot read as an image (unknown or damaged format)", path) from None
+    is_2d = image.GetDimension() == 2
+    if is_2d and image.GetNumberOfComponentsPerPixel() in (3, 4):
+        image = _rgb_to_gray(image, path)
+    return _checked(LoadedImage(image, path, is_2d))
+
+
+def _rgb_to_gray(image: sitk.Image, path: Path) -> sitk.Image:
+    rgb = sitk.GetArrayFromImage(image)[..., :3].astype(np.float32)
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+        raise LightSegError("is a colour image; LightSeg needs a grayscale CT slice", path)
+    gray = sitk.GetImageFromArray(rgb[..., 0].astype(np.uint8))
+    gray.CopyInformation(image)
+    return gray
+
+
+def _checked(loaded: LoadedImage) -> LoadedImage:
+    image, path = loaded.image, loaded.path
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise LightSegError(f"has {image.GetNumberOfComponentsPerPixel()} components per pixel; "
+                            "LightSeg needs a single-channel CT image", path)
+    dimension = image.GetDimension()
+    if dimension == 4:
+        raise LightSegError("is a 4D image; LightSeg needs one 3D CT volume", path)
+    if dimension == 3 and image.GetSize()[2] == 1:
+        loaded.is_2d = False  # a single-slice volume keeps its HU handling
+    if dimension not in (2, 3):
+        raise LightSegError(f"is {dimension}D; LightSeg needs a 3D CT volume or a 2D slice", path)
+    if not loaded.is_2d:
+        check_ct_intensities(image, path)
+    return loaded
+
+
+def check_ct_intensities(image: sitk.Image, path: Path) -> None:
+    """Reject volumes whose values cannot be Hounsfield units of a chest CT (no air near -1000 HU)."""
+    values = sitk.GetArrayViewFromImage(image)
+    sample = values[:: max(1, values.shape[0] // 16), ::4, ::4]
+    low = float(np.percentile(sample, 1))
+    if low > -500 or low < -3100:
+        raise LightSegError(f"intensities do not look like CT in Hounsfield units (1st percentile {low:.0f}; "
+                            "a chest CT has air near -1000 HU)", path)
+
+
+def check_output_path(path: Path, allowed: tuple[str, ...], force: bool) -> None:
+    """Fail before any work if the output exists (without ``force``), has an unknown type, or cannot be created."""
+    if suffix_of(path) not in allowed:
+        raise LightSegError(f"unsupported output type (use one of {', '.join(allowed)})", path)
+    if path.exists() and not force:
+        raise LightSegError("output exists (use --force to overwrite it)", path)
+    if not path.parent.exists():
+        raise LightSegError("output folder does not exist", path.parent)
+
+
+def _atomic_target(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix_of(path), dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_atomically(path: Path, writer) -> None:
+    """Call ``writer(tmp_path)`` and move the result to ``path`` only if it succeeded."""
+    tmp = _atomic_target(path)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_labels(labels: sitk.Image, path: str | Path) -> None:
+    """Write a label map (0 background, 1 infection, 2 lung) in the format the suffix names."""
+    path = Path(path)
+    suffix = suffix_of(path)
+    if suffix == ".seg.nrrd":
+        write_atomically(path, lambda tmp: _write_seg_nrrd(labels, tmp))
+    elif suffix == ".png":
+        if labels.GetDimension() != 2:
+            raise LightSegError("PNG output is for 2D slices; use .nii.gz, .nrrd or .seg.nrrd for volumes", path)
+        png = sitk.GetImageFromArray(((sitk.GetArrayViewFromImage(labels) == INFECTION) * 255).astype(np.uint8))
+        write_atomically(path, lambda tmp: sitk.WriteImage(png, str(tmp)))
+    else:
+        write_atomically(path, lambda tmp: sitk.WriteImage(labels, str(tmp), useCompression=True))
+
+
+def ijk_to_lps(image: sitk.Image) -> np.ndarray:
+    """4x4 matrix from voxel index (i, j, k) to LPS millimetres."""
+    matrix = np.eye(4)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    matrix[:3, :3] = direction * np.array(image.GetSpacing())[None, :]
+    matrix[:3, 3] = image.GetOrigin()
+    return matrix
+
+
+def _write_seg_nrrd(labels: sitk.Image, path: Path) -> None:
+    if labels.GetDimension() != 3:
+        raise LightSegError(".seg.nrrd output is for volumes", path)
+    voxels = np.transpose(sitk.GetArrayViewFromImage(labels), (2, 1, 0))  # (k, j, i) -> (i, j, k)
+    segmentation = slicerio.create_segmentation(voxels.shape, ijk_to_lps(labels))
+    for segment, mask in zip(SEGMENTS, (voxels > 0, voxels == INFECTION)):
+        slicerio.add_segment(segmentation, mask, dict(segment))
+    slicerio.write_segmentation(str(path), segmentation)
+
+
+def read_label_mask(path: str | Path, segment: str = "Infection") -> tuple[np.ndarray, sitk.Image | None]:
+    """Infection mask (k, j, i) from a label map (value 1) or a .seg.nrrd (the named segment)."""
+    path = Path(path)
+    if suffix_of(path) == ".seg.nrrd":
+        segmentation = slicerio.read_segmentation(str(path))
+        mask = slicerio.segment_mask(segmentation, slicerio.segment_from_name(segmentation, segment))
+        return np.transpose(mask, (2, 1, 0)), None
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image) == INFECTION, image

@@ -1,0 +1,151 @@
+"""``lightseg train``: from data folders to a saved model with its card."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..cards import HUWindow, ModelCard, load_network, save_model
+from ..errors import LightSegError
+from ..models import build_model, count_parameters
+from ..network import InputSpec
+from .loop import EpochRecord, TrainConfig, TrainResult, train
+from .slices import SliceSet, split_fold
+
+ARCH_DEFAULTS = {
+    "miniseg": {"config": {"in_channels": 3, "num_classes": 2}, "activation": "softmax", "input_size": 288},
+    "ulite": {"config": {"in_channels": 1, "num_classes": 1}, "activation": "sigmoid", "input_size": 288},
+}
+LICENCE_OWN = "Apache-2.0 (weights trained by LightSeg on COVID-SemiSeg; see the data licences in the card)"
+
+
+@dataclass
+class TrainRequest:
+    """What ``lightseg train`` was asked for, beyond the loop's hyper-parameters."""
+
+    arch: str
+    name: str
+    output_dir: Path
+    data: SliceSet
+    data_description: dict
+    val_fraction: float = 0.2
+    keep: str = "best"
+    init: ModelCard | None = None
+    hu_window: HUWindow | None = None
+    version: str = "1.0.0"
+    description: str = ""
+    extra_card: dict = field(default_factory=dict)
+
+
+def _inference_state(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """Drop MiniSeg's auxiliary training heads (heads.1-3); inference uses the main head only."""
+    if arch != "miniseg":
+        return state
+    return {k: v for k, v in state.items() if not (k.startswith("heads.") and not k.startswith("heads.0."))}
+
+
+def _training_network(arch: str, init: ModelCard | None) -> torch.nn.Module:
+    config = dict(ARCH_DEFAULTS[arch]["config"])
+    if arch == "miniseg":
+        config["aux"] = True
+    if init is not None:
+        config.update({k: v for k, v in init.arch_config.items() if k != "aux"})
+    model = build_model(arch, config)
+    if init is not None:
+        if init.architecture != arch:
+            raise LightSegError(f"initial model is a {init.architecture}, not a {arch}", init.path)
+        missing, unexpected = model.load_state_dict(load_network(init).state_dict(), strict=False)
+        if unexpected or any(not k.startswith("heads.") for k in missing):
+            raise LightSegError("initial model's weights do not fit the architecture", init.path)
+    return model
+
+
+def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
+                 on_epoch: Callable[[EpochRecord], None] | None = None) -> tuple[Path, TrainResult]:
+    """Split, train and save; returns the card path and the training result."""
+    if request.arch not in ARCH_DEFAULTS:
+        raise LightSegError(f"unknown architecture {request.arch!r}; choose from {', '.join(ARCH_DEFAULTS)}")
+    train_idx, val_idx = split_fold(len(request.data), request.val_fraction, cfg.seed)
+    train_set, val_set = request.data.subset(train_idx), request.data.subset(val_idx)
+    if request.init is not None:
+        mean, std = request.init.normalisation["mean"], request.init.normalisation["std"]
+    else:
+        channels = ARCH_DEFAULTS[request.arch]["config"]["in_channels"]
+        mean, std = (list(v) for v in zip(*[train_set.intensity_stats()] * channels))
+    activation = ARCH_DEFAULTS[request.arch]["activation"]
+    spec = InputSpec(mean, std, activation, 1 if activation == "softmax" else 0, (cfg.input_size, cfg.input_size))
+    model = _training_network(request.arch, request.init)
+    result = train(model, spec, train_set, val_set, cfg, on_epoch=on_epoch)
+    state = result.best_state if request.keep == "best" else {k: v.cpu() for k, v in model.state_dict().items()}
+    inference_config = model_config(model, request.arch)
+    inference_model = build_model(request.arch, inference_config)
+    inference_model.load_state_dict(_inference_state(state, request.arch), strict=True)
+
+    card = ModelCard(
+        id=request.name,
+        version=request.version,
+        architecture=request.arch,
+        arch_config=inference_config,
+        input_size=[cfg.input_size, cfg.input_size],
+        normalisation={"mean": mean, "std": std},
+        hu_window=request.hu_window,
+        weights_file=f"{request.name}.pt",
+        weights_sha256="",
+        parameters=count_parameters(inference_model),
+        licence=LICENCE_OWN,
+        description=request.description,
+        output_activation=activation,
+        infection_channel=spec.infection_channel,
+        training={
+            "command": shlex.join(command),
+            "data": request.data_description,
+            "train_slices": len(train_set),
+            "validation_slices": len(val_set),
+            "validation_names": val_set.names,
+            "hyperparameters": {k: v for k, v in asdict(cfg).items() if k != "device"},
+            "kept_checkpoint": request.keep,
+            "initialised_from": None if request.init is None else {
+                "id": request.init.id, "sha256": request.init.weights_sha256,
+                "training_command": request.init.training.get("command")},
+            "stopped": result.stopped,
+            "seconds": round(result.seconds, 1),
+            "device": cfg.device,
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+            "torch": torch.__version__,
+            "history": result.history_dicts(),
+        },
+        validation={
+            "fold": f"{len(val_set)} slices held out from the training folder (seed {cfg.seed})",
+            "selected_epoch": result.best_epoch if request.keep == "best" else len(result.history),
+            "kept": result.best_val if request.keep == "best" else result.last_val,
+            "last_epoch": result.last_val,
+            "note": ("'kept' is measured on the fold that chose the epoch (optimistic); 'last_epoch' is not "
+                     "selected on it") if request.keep == "best" else "",
+        },
+        **request.extra_card,
+    )
+    path = save_model(card, inference_model.state_dict(), request.output_dir)
+    return path, result
+
+
+def model_config(model: torch.nn.Module, arch: str) -> dict:
+    """The constructor arguments of an inference copy of ``model``."""
+    if arch == "miniseg":
+        return {"in_channels": model.enc[0].main_in.conv.in_channels,
+                "num_classes": model.heads[0].conv.out_channels, "aux": False}
+    return {"in_channels": model.stem.in_channels, "num_classes": model.head.out_channels}
+
+
+def describe_command() -> list[str]:
+    return ["lightseg"] + sys.argv[1:]
+
+
+def print_epoch(record: EpochRecord) -> None:
+    print(json.dumps(asdict(record)), flush=True)

@@ -1,0 +1,53 @@
+"""Shared fixtures: the real data beside the checkout, temporary model stores, the CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LIGHTSEG_SHARED", REPO.parent / "shared"))
+DATA = SHARED / "data"
+REFERENCE = SHARED / "reference"
+P001_DICOM = DATA / "covid-ct-md" / "P001"
+P001_LABELS = DATA / "covid-ct-md" / "P001_slice_labels.csv"
+SEMISEG = DATA / "covid-semiseg" / "train"
+SAMPLE = REPO / "Resources" / "SampleData" / "P001-chest.nrrd"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not DATA.is_dir():
+        raise pytest.UsageError(f"the shared data folder is missing: {DATA} (set LIGHTSEG_SHARED)")
+
+
+@pytest.fixture(autouse=True)
+def user_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty user model store, so nothing touches ~/.lightseg."""
+    home = tmp_path_factory.mktemp("lightseg-home")
+    monkeypatch.setenv("LIGHTSEG_HOME", str(home))
+    return home / "models"
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m LightSegLib ARGS`` in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "LightSegLib", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, **(env or {})}, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def p001() -> sitk.Image:
+    from LightSegLib.io import read_image
+
+    return read_image(P001_DICOM).image
+
+
+@pytest.fixture(scope="session")
+def sample() -> sitk.Image:
+    from LightSegLib.io import read_image
+
+    return read_image(SAMPLE).image
