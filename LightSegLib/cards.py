@@ -118,6 +118,8 @@ def load_network(card: ModelCard) -> nn.Module:
         model.load_state_dict(state, strict=True)
     except Exception as exc:  # torch raises several types for unreadable or mismatched files
         raise LightSegError(f"cannot load model weights ({type(exc).__name__})", weights) from None
+    if hasattr(model, "aux"):
+        model.aux = False  # auxiliary deep-supervision heads are loaded (for fine-tuning) but not run
     return model.eval()
 
 

@@ -53,8 +53,6 @@ class Segmenter:
         self.device = pick_device(device)
         self.model = load_network(card).to(self.device)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
-        if card.hu_window is None:
-            raise LightSegError("model card has no HU window, so it cannot segment CT volumes", card.path)
 
     def _forward(self, x01: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
@@ -80,6 +78,8 @@ class Segmenter:
     def segment_volume(self, image: sitk.Image, progress: Progress | None = None, cancel: Cancel | None = None,
                        probabilities: np.ndarray | None = None) -> Segmentation:
         """A CT volume in HU, in any orientation; ``probabilities`` (same shape as the image array) is filled if given."""
+        if self.card.hu_window is None:
+            raise LightSegError("model card has no HU window, so it segments 2D slices only", self.card.path)
         timings: dict[str, float] = {}
         tic = time.perf_counter()
         view = AxialView.of(image)

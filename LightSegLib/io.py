@@ -18,6 +18,9 @@ import slicerio
 
 from .errors import LightSegError
 
+# ITK prints warnings straight to stderr; LightSeg reports problems itself, one line each.
+sitk.ProcessObject_SetGlobalWarningDisplay(False)
+
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".png")

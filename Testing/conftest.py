@@ -51,3 +51,25 @@ def sample() -> sitk.Image:
     from LightSegLib.io import read_image
 
     return read_image(SAMPLE).image
+
+
+@pytest.fixture(scope="session")
+def untrained_card(tmp_path_factory: pytest.TempPathFactory):
+    """A MiniSeg with random weights and the calibrated HU window, for tests of plumbing (not of accuracy)."""
+    import json
+
+    import torch
+
+    from LightSegLib.cards import HUWindow, ModelCard, save_model
+    from LightSegLib.models import MiniSeg, count_parameters
+
+    torch.manual_seed(0)
+    model = MiniSeg(3, 2, aux=False)
+    window = json.loads((REPO / "Resources" / "Calibration" / "hu-window-P001.json").read_text())
+    card = ModelCard(id="untrained-test", version="0", architecture="miniseg",
+                     arch_config={"in_channels": 3, "num_classes": 2, "aux": False}, input_size=[96, 96],
+                     normalisation={"mean": [0.5] * 3, "std": [0.3] * 3},
+                     hu_window=HUWindow(window["level"], window["width"], "test"), weights_file="untrained-test.pt",
+                     weights_sha256="", parameters=count_parameters(model), licence="test only")
+    path = save_model(card, model.state_dict(), tmp_path_factory.mktemp("models"))
+    return ModelCard.load(path)
