@@ -3,9 +3,10 @@
 Steps, on a canonical (S, P, L) HU array, at about 1.5 mm in-plane (the result is upsampled back):
 1. air = HU < -400; air connected to the sides of the field of view is outside the body and dropped;
 2. the large remaining air components are the lungs (with the airways);
-3. each axial slice is closed and hole-filled so vessels, nodules and dense lesions (consolidation touching the
-   pleura included) stay inside the lung;
-4. the lungs are split into right and left by their connected components, eroding the mask if they touch.
+3. the lungs are split into right and left by their connected components, eroding the mask if they touch;
+4. each lung, slice by slice, is closed with a 20 mm disk and hole-filled, so vessels, nodules and dense lesions
+   (consolidation touching the pleura included) stay inside it. Closing each lung alone keeps the two lungs from
+   merging across the mediastinum.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from scipy import ndimage
 
 AIR_HU = -400.0
 WORKING_SPACING_MM = 1.5
-CLOSING_RADIUS_MM = 6.0
+CLOSING_RADIUS_MM = 20.0
 MIN_LUNG_ML = 30.0
 RIGHT, LEFT = 1, 2
 
@@ -33,9 +34,42 @@ class LungMask:
         return self.sides > 0
 
 
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius:radius + 1, -radius:radius + 1]
-    return (x * x + y * y <= radius * radius)[None]  # a 2D disk applied slice by slice
+_CROSS = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)  # in-plane neighbours only
+_SQUARE = np.ones((1, 3, 3), bool)
+
+
+def _octagon_steps(radius: float) -> list[np.ndarray]:
+    """Alternating cross and square steps: their combined dilation is an octagon close to a disk of ``radius``."""
+    return [_CROSS if i % 2 == 0 else _SQUARE for i in range(max(1, int(round(radius))))]
+
+
+def _close_slices(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Per axial slice: closing with an octagon of ``radius`` voxels, then hole filling (inside the mask's box)."""
+    result = mask.copy()
+    if not mask.any():
+        return result
+    pad = int(np.ceil(radius)) + 2
+    box = _bounding_box(mask, pad)
+    region = np.pad(mask[box], ((0, 0), (pad, pad), (pad, pad)))
+    steps = _octagon_steps(radius)
+    for step in steps:
+        region = ndimage.binary_dilation(region, step)
+    for step in steps:
+        region = ndimage.binary_erosion(region, step, border_value=1)
+    region = region[:, pad:-pad, pad:-pad]
+    result[box] = ndimage.binary_fill_holes(region | mask[box], structure=_CROSS)
+    return result
+
+
+def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
+    """Slices of the mask's bounding box, grown in-plane by ``pad`` and clipped to the array."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        grow = 0 if axis == 0 else pad
+        box.append(slice(max(hits[0] - grow, 0), min(hits[-1] + 1 + grow, mask.shape[axis])))
+    return tuple(box)
 
 
 def _outside_air(air: np.ndarray) -> np.ndarray:
@@ -57,17 +91,11 @@ def _largest_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     return np.isin(labels, keep)
 
 
-def _fill_slices(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Per axial slice: closing with a disk, then hole filling."""
-    pad = radius + 1
-    padded = np.pad(mask, ((0, 0), (pad, pad), (pad, pad)))
-    closed = ndimage.binary_closing(padded, structure=_disk(radius))[:, pad:-pad, pad:-pad]
-    return ndimage.binary_fill_holes(closed | mask, structure=np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool))
-
-
 def _split_sides(lungs: np.ndarray, min_voxels: int) -> np.ndarray:
-    """Label right (1) and left (2) lung: two components, eroded apart if needed, grown back by nearest seed."""
-    seeds = lungs
+    """Label right (1) and left (2) lung: the two largest components, eroded apart first if the lungs touch."""
+    box = _bounding_box(lungs, 0)
+    region = lungs[box]
+    seeds, eroded = region, False
     structure = ndimage.generate_binary_structure(3, 1)
     for _ in range(8):
         labels, n = ndimage.label(seeds)
@@ -76,14 +104,22 @@ def _split_sides(lungs: np.ndarray, min_voxels: int) -> np.ndarray:
         if len(big) >= 2:
             two = big[np.argsort(sizes[big - 1])[-2:]]
             break
-        seeds = ndimage.binary_erosion(seeds, structure)
+        seeds, eroded = ndimage.binary_erosion(seeds, structure), True
     else:
         return _split_at_midline(lungs)
-    centres = [ndimage.center_of_mass(labels == t)[2] for t in two]
-    right_id, left_id = (two[0], two[1]) if centres[0] < centres[1] else (two[1], two[0])
-    seed_labels = np.where(labels == right_id, RIGHT, np.where(labels == left_id, LEFT, 0)).astype(np.uint8)
-    _, (iz, iy, ix) = ndimage.distance_transform_edt(seed_labels == 0, return_indices=True)
-    return np.where(lungs, seed_labels[iz, iy, ix], 0).astype(np.uint8)
+    centres = ndimage.center_of_mass(seeds, labels, two)
+    right_id, left_id = (two[0], two[1]) if centres[0][2] < centres[1][2] else (two[1], two[0])
+    seed_sides = np.where(labels == right_id, RIGHT, np.where(labels == left_id, LEFT, 0)).astype(np.uint8)
+    if eroded:
+        _, (iz, iy, ix) = ndimage.distance_transform_edt(seed_sides == 0, return_indices=True)
+        region_sides = seed_sides[iz, iy, ix]
+    else:  # the lungs were apart: small leftovers (airway pieces) go to the side of the nearer lung centre
+        midline = (centres[0][2] + centres[1][2]) / 2
+        columns = np.arange(region.shape[2])[None, None, :]
+        region_sides = np.where(seed_sides > 0, seed_sides, np.where(columns < midline, RIGHT, LEFT))
+    sides = np.zeros(lungs.shape, np.uint8)
+    sides[box] = np.where(region, region_sides, 0)
+    return sides
 
 
 def _split_at_midline(lungs: np.ndarray) -> np.ndarray:
@@ -106,9 +142,11 @@ def lung_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> LungMask:
     air = small < AIR_HU
     inside_air = air & ~_outside_air(air)
     lungs = _largest_components(inside_air, min_voxels)
-    radius = max(1, int(round(CLOSING_RADIUS_MM / min(work_spacing[1:]))))
-    lungs = _fill_slices(lungs, radius)
     sides = _split_sides(lungs, min_voxels) if lungs.any() else np.zeros(lungs.shape, np.uint8)
+    radius = CLOSING_RADIUS_MM / min(work_spacing[1:])
+    for side in (RIGHT, LEFT):
+        closed = _close_slices(sides == side, radius)
+        sides[closed & (sides == 0)] = side
     if step > 1:
         sides = np.repeat(np.repeat(sides, step, axis=1), step, axis=2)[:, :hu.shape[1], :hu.shape[2]]
     return LungMask(np.ascontiguousarray(sides))

@@ -1,0 +1,77 @@
+"""The inference engine: orientation-independent, cancellable, deterministic, geometry-preserving."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LightSegLib.engine import Cancelled, Segmenter
+from LightSegLib.io import INFECTION, LUNG
+
+
+@pytest.fixture(scope="module")
+def segmenter(untrained_card):
+    return Segmenter(untrained_card, "cpu", batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def reference(segmenter, sample):
+    return segmenter.segment_volume(sample)
+
+
+def _resampled_onto(labels: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """Labels resampled (nearest neighbour, in physical space) onto another grid of the same volume."""
+    return sitk.GetArrayFromImage(sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 255))
+
+
+@pytest.mark.parametrize("order, flips", [
+    ((0, 1, 2), (False, True, False)),  # anterior-posterior flipped
+    ((2, 0, 1), (False, False, False)),  # stored sagittally
+    ((0, 2, 1), (True, False, True)),  # rows and columns swapped, flipped
+    ((1, 2, 0), (False, True, True)),  # stored coronally, flipped
+])
+def test_permuted_and_flipped_volume_gives_the_identical_mask(segmenter, sample, reference, order, flips):
+    stored = sitk.Flip(sitk.PermuteAxes(sample, order), flips)
+    result = segmenter.segment_volume(stored)
+    labels = result.labels
+    for getter in ("GetOrigin", "GetSpacing", "GetDirection", "GetSize"):
+        assert getattr(labels, getter)() == getattr(stored, getter)()  # the stored grid, exactly
+    assert np.array_equal(_resampled_onto(labels, sample), sitk.GetArrayViewFromImage(reference.labels))
+
+
+def test_labels_are_uint8_and_inside_the_lungs(reference):
+    labels = sitk.GetArrayViewFromImage(reference.labels)
+    assert labels.dtype == np.uint8
+    assert set(np.unique(labels)) <= {0, INFECTION, LUNG}
+    lungs_c = reference.lungs.lungs
+    labels_c = reference.view.to_canonical(labels)
+    assert np.array_equal(labels_c > 0, lungs_c)  # every labelled voxel is lung, every lung voxel is labelled
+
+
+def test_deterministic_on_cpu(segmenter, sample, reference):
+    probabilities = np.zeros(sitk.GetArrayViewFromImage(sample).shape, np.float32)
+    again = segmenter.segment_volume(sample, probabilities=probabilities)
+    assert np.array_equal(sitk.GetArrayViewFromImage(again.labels), sitk.GetArrayViewFromImage(reference.labels))
+    assert probabilities.min() >= 0 and probabilities.max() <= 1
+    infected = sitk.GetArrayViewFromImage(again.labels) == INFECTION
+    assert np.all(probabilities[infected] >= 0.5)
+
+
+def test_progress_reports_every_batch_and_cancel_stops(segmenter, sample, reference):
+    calls = []
+    segmenter.segment_volume(sample, progress=lambda done, total: calls.append((done, total)))
+    total = reference.slices_segmented
+    assert calls[-1] == (total, total)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len(calls) == -(-total // 8)
+    batches = []
+    with pytest.raises(Cancelled):
+        segmenter.segment_volume(sample, progress=lambda d, t: batches.append(d), cancel=lambda: len(batches) >= 2)
+    assert len(batches) == 2
+
+
+def test_slices_without_lung_are_skipped(segmenter, sample):
+    """Six slices of soft tissue below the scan: no lung, so no network work and no labels there."""
+    padded = sitk.ConstantPad(sample, (0, 0, 6), (0, 0, 0), 40)
+    result = segmenter.segment_volume(padded)
+    assert result.slices_total == sample.GetSize()[2] + 6
+    assert result.slices_segmented == result.lungs.lungs.any(axis=(1, 2)).sum() <= sample.GetSize()[2]
+    assert not sitk.GetArrayViewFromImage(result.labels)[:6].any()
