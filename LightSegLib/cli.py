@@ -12,9 +12,12 @@ from .errors import LightSegError
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from image/mask folders")
     p.add_argument("--arch", default="miniseg", help="miniseg or ulite")
-    p.add_argument("--images", type=Path, required=True, help="folder of 8-bit slices")
-    p.add_argument("--masks", type=Path, required=True, help="folder of masks with the same names (255 = infection)")
+    p.add_argument("--images", type=Path, help="folder of 8-bit lung-cropped slices")
+    p.add_argument("--masks", type=Path, help="folder of masks with the same names (255 = infection)")
     p.add_argument("--soft-labels", action="store_true", help="masks are soft 0-255 pseudo-labels")
+    p.add_argument("--volumes", type=Path, help="folder of CT volumes (or DICOM folders), instead of --images")
+    p.add_argument("--labels", type=Path, help="label maps (1 = infection) or .seg.nrrd with the volumes' names")
+    p.add_argument("--segment", default="Infection", help="segment name to use in .seg.nrrd labels")
     p.add_argument("--name", required=True, help="model id, also the output file names")
     p.add_argument("-o", "--output", type=Path, help="output folder (default: the user model store)")
     p.add_argument("--init", help="start from this model's weights (id or card path)")
@@ -53,18 +56,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     output = args.output or registry.user_dir()
     if (output / f"{args.name}.json").exists() and not args.force:
         raise LightSegError("a model of that name exists there (use --force to replace it)", output / f"{args.name}.json")
-    data = load_image_folders(args.images, args.masks, soft=args.soft_labels)
     init = registry.resolve(args.init) if args.init else None
+    window = _load_window(args.hu_window_from) if args.hu_window_from else (init.hu_window if init else None)
+    if args.volumes or args.labels:
+        if not (args.volumes and args.labels) or args.images or args.masks:
+            raise LightSegError("give either --images and --masks, or --volumes and --labels")
+        if window is None:
+            raise LightSegError("volume training needs an HU window: --hu-window-from, or --init with a model that has one")
+        from .io import pair_by_name
+        from .training.slices import volume_slices
+
+        pairs = pair_by_name(args.volumes, args.labels)
+        extracted = volume_slices([v for v, _ in pairs], [lab for _, lab in pairs], window, args.segment)
+        data, description = extracted.slices, {"volumes_dir": str(args.volumes), "labels_dir": str(args.labels),
+                                               **extracted.summary}
+    elif args.images and args.masks:
+        data = load_image_folders(args.images, args.masks, soft=args.soft_labels)
+        description = {"images": str(args.images), "masks": str(args.masks), "slices": len(data),
+                       "soft_labels": args.soft_labels}
+    else:
+        raise LightSegError("give --images and --masks, or --volumes and --labels")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       input_size=args.input_size or ARCH_DEFAULTS[args.arch]["input_size"], seed=args.seed,
                       minutes=args.minutes, device=str(pick_device(args.device)))
     request = TrainRequest(
         arch=args.arch, name=args.name, output_dir=output, data=data,
-        data_description={"images": str(args.images), "masks": str(args.masks), "slices": len(data),
-                          "soft_labels": args.soft_labels},
+        data_description=description,
         val_fraction=args.val_fraction, keep=args.keep, init=init,
-        hu_window=_load_window(args.hu_window_from) if args.hu_window_from else None,
-        version=args.version, description=args.description)
+        hu_window=window, version=args.version, description=args.description)
     path, result = run_training(request, cfg, describe_command(), on_epoch=print_epoch)
     print(f"saved {path} (epoch {result.best_epoch if args.keep == 'best' else len(result.history)} kept, "
           f"{result.stopped}, {result.seconds / 60:.1f} min)")
@@ -290,6 +309,45 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="Dice, IoU, sensitivity, specificity, HD95 and Inf-Net Dice on labelled slices")
+    p.add_argument("--model", help="model id or card path (default miniseg-covid)")
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--masks", type=Path, required=True)
+    p.add_argument("--only", nargs="*", help="evaluate only these image names (for example a model's validation fold)")
+    p.add_argument("--json", type=Path, help="write per-image and mean metrics as JSON")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from . import registry
+    from .engine import Segmenter
+    from .evaluation import evaluate_slices
+    from .io import check_output_path, write_atomically
+    from .training.slices import load_image_folders
+
+    if args.json:
+        check_output_path(args.json, (".json",), args.force)
+    data = load_image_folders(args.images, args.masks)
+    if args.only:
+        wanted = set(args.only)
+        data = data.subset([i for i, n in enumerate(data.names) if n in wanted])
+        if len(data) != len(wanted):
+            raise LightSegError("some --only names have no image/mask pair", args.images)
+    result = evaluate_slices(Segmenter(registry.resolve(args.model), args.device), data)
+    mean = result["mean"]
+    print(f"{result['model']} on {mean['images']} images: Inf-Net mean Dice {mean['infnet_dice']:.4f}, "
+          f"Dice@0.5 {mean['dice']:.4f}, IoU {mean['iou']:.4f}, sensitivity {mean['sensitivity']:.4f}, "
+          f"specificity {mean['specificity']:.4f}, HD95 {mean['hd95']:.1f} px")
+    if args.json:
+        write_atomically(args.json, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lightseg", description="COVID-19 lung infection segmentation on chest CT")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -299,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_calibrate(sub)
     _add_import(sub)
+    _add_evaluate(sub)
     return parser
 
 

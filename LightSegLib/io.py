@@ -202,12 +202,80 @@ def _write_seg_nrrd(labels: sitk.Image, path: Path) -> None:
     slicerio.write_segmentation(str(path), segmentation)
 
 
-def read_label_mask(path: str | Path, segment: str = "Infection") -> tuple[np.ndarray, sitk.Image | None]:
-    """Infection mask (k, j, i) from a label map (value 1) or a .seg.nrrd (the named segment)."""
-    path = Path(path)
-    if suffix_of(path) == ".seg.nrrd":
-        segmentation = slicerio.read_segmentation(str(path))
-        mask = slicerio.segment_mask(segmentation, slicerio.segment_from_name(segmentation, segment))
-        return np.transpose(mask, (2, 1, 0)), None
-    image = sitk.ReadImage(str(path))
-    return sitk.GetArrayFromImage(image) == INFECTION, image
+def _strip_suffix(path: Path) -> str:
+    suffix = suffix_of(path)
+    return path.name[: -len(suffix)] if path.name.lower().endswith(suffix) else path.stem
+
+
+def pair_by_name(first_dir: Path, second_dir: Path) -> list[tuple[Path, Path]]:
+    """Files (or DICOM folders) of ``first_dir`` paired with files of ``second_dir`` that have the same base name."""
+    for d in (first_dir, second_dir):
+        if not Path(d).is_dir():
+            raise LightSegError("not a folder", d)
+    seconds = {_strip_suffix(p): p for p in Path(second_dir).iterdir() if not p.name.startswith(".")}
+    pairs = [(p, seconds[_strip_suffix(p)]) for p in sorted(Path(first_dir).iterdir())
+             if not p.name.startswith(".") and _strip_suffix(p) in seconds]
+    if not pairs:
+        raise LightSegError(f"no file has a partner of the same name in {second_dir}", first_dir)
+    return pairs
+
+
+def infection_mask_on_grid(label_path: Path, reference: sitk.Image, segment: str = "Infection"
+                           ) -> tuple[np.ndarray, str]:
+    """The infection mask of a label file resampled (nearest) onto ``reference``'s grid, in (k, j, i) order.
+
+    Label maps: value 1 is infection (0/1 masks, and 0/1/2 LightSeg label maps). ``.seg.nrrd``: the segment whose name
+    matches ``segment`` (case-insensitive, first match), whatever its layer and label value. Returns the mask and a
+    note saying what was used.
+    """
+    label_path = Path(label_path)
+    try:
+        if suffix_of(label_path) == ".seg.nrrd":
+            segmentation = slicerio.read_segmentation(str(label_path))
+            names = slicerio.segment_names(segmentation)
+            chosen = next((n for n in names if segment.lower() in n.lower()), None)
+            if chosen is None:
+                raise LightSegError(f"has no segment named like {segment!r} (segments: {', '.join(names)})",
+                                    label_path)
+            mask_ijk = slicerio.segment_mask(segmentation, slicerio.segment_from_name(segmentation, chosen))
+            label = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(mask_ijk, (2, 1, 0)).astype(np.uint8)))
+            matrix = np.asarray(segmentation["ijkToLPS"], float)
+            spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+            label.SetSpacing(spacing.tolist())
+            label.SetDirection((matrix[:3, :3] / spacing).ravel().tolist())
+            label.SetOrigin(matrix[:3, 3].tolist())
+            note = f"segment {chosen!r}"
+        else:
+            label = sitk.ReadImage(str(label_path))
+            values = np.unique(sitk.GetArrayViewFromImage(label))
+            if not set(values.tolist()) <= {0, 1, 2}:
+                raise LightSegError(f"unexpected label values {values[:6].tolist()} (expected 0/1 or 0/1/2, "
+                                    "1 = infection)", label_path)
+            label = sitk.Cast(label == INFECTION, sitk.sitkUInt8)
+            note = "label value 1"
+    except RuntimeError:
+        raise LightSegError("cannot read as a label map", label_path) from None
+    if label.GetDimension() != reference.GetDimension():
+        raise LightSegError(f"label is {label.GetDimension()}D but its volume is {reference.GetDimension()}D",
+                            label_path)
+    same_grid = (label.GetSize() == reference.GetSize()
+                 and np.allclose(label.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+                 and np.allclose(label.GetSpacing(), reference.GetSpacing(), atol=1e-4)
+                 and np.allclose(label.GetDirection(), reference.GetDirection(), atol=1e-4))
+    if not same_grid:
+        if not _overlaps(label, reference):
+            raise LightSegError("label does not overlap its volume in physical space (geometry mismatch)", label_path)
+        label = sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        note += ", resampled onto the volume grid"
+    return sitk.GetArrayFromImage(label).astype(bool), note
+
+
+def _overlaps(a: sitk.Image, b: sitk.Image) -> bool:
+    def box(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+        corners = np.array([image.TransformContinuousIndexToPhysicalPoint(
+            [(s - 0.5) if bit else -0.5 for s, bit in zip(image.GetSize(), bits)])
+            for bits in np.ndindex(*(2,) * image.GetDimension())])
+        return corners.min(0), corners.max(0)
+
+    (a_lo, a_hi), (b_lo, b_hi) = box(a), box(b)
+    return bool(np.all(a_lo < b_hi) and np.all(b_lo < a_hi))

@@ -59,7 +59,8 @@ def test_seg_nrrd_has_named_coloured_segments_with_terminology(sample, tmp_path)
     assert infection["terminology"]["type"][1] == "52988006"
     assert len(infection["color"]) == 3
     assert np.allclose(segmentation["ijkToLPS"], io.ijk_to_lps(labels))
-    mask, _ = io.read_label_mask(path, "Infection")
+    mask, note = io.infection_mask_on_grid(path, labels)
+    assert note == "segment 'Infection'"
     assert np.array_equal(mask, sitk.GetArrayViewFromImage(labels) == io.INFECTION)
     lungs = np.transpose(slicerio.segment_mask(segmentation, slicerio.segment_from_name(segmentation, "Lungs")),
                          (2, 1, 0))

@@ -21,7 +21,7 @@ from .slices import SliceSet, split_fold
 
 ARCH_DEFAULTS = {
     "miniseg": {"config": {"in_channels": 3, "num_classes": 2}, "activation": "softmax", "input_size": 288},
-    "ulite": {"config": {"in_channels": 1, "num_classes": 1}, "activation": "sigmoid", "input_size": 288},
+    "ulite": {"config": {"in_channels": 1, "num_classes": 1}, "activation": "sigmoid", "input_size": 256},
 }
 LICENCE_OWN = "Apache-2.0 (weights trained by LightSeg on COVID-SemiSeg; see the data licences in the card)"
 

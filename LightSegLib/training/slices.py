@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import LightSegError
+
+if TYPE_CHECKING:
+    from ..cards import HUWindow
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -94,3 +98,53 @@ def split_fold(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.n
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * val_fraction)))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@dataclass
+class VolumeSlices:
+    """Slices cut from CT volumes as the engine cuts them, and a summary that names no file and holds no pixel."""
+
+    slices: SliceSet
+    summary: dict
+
+
+def volume_slices(volume_paths: list[Path], label_paths: list[Path], window: HUWindow,
+                  segment: str = "Infection") -> VolumeSlices:
+    """Lung-cropped, windowed axial slices with their infection masks; only slices with lung are kept."""
+    import SimpleITK as sitk
+
+    from ..geometry import AxialView
+    from ..io import infection_mask_on_grid, read_image
+    from ..lungs import lung_mask
+    from ..preprocess import lung_boxes
+
+    result = SliceSet()
+    notes: set[str] = set()
+    for index, (volume_path, label_path) in enumerate(zip(volume_paths, label_paths)):
+        loaded = read_image(volume_path)
+        if loaded.is_2d:
+            raise LightSegError("is a 2D image; volume training needs CT volumes", volume_path)
+        mask, note = infection_mask_on_grid(label_path, loaded.image, segment)
+        notes.add(note)
+        view = AxialView.of(loaded.image)
+        hu = view.to_canonical(sitk.GetArrayViewFromImage(loaded.image))
+        infection = view.to_canonical(mask)
+        crops = lung_boxes(lung_mask(hu, view.spacing).lungs)
+        for z, (y0, y1, x0, x1) in zip(crops.slices, crops.boxes):
+            values = (hu[z, y0:y1, x0:x1].astype(np.float32) - window.low) / window.width
+            result.images.append(np.clip(values, 0, 1))
+            result.targets.append(infection[z, y0:y1, x0:x1].astype(np.float32))
+            result.names.append(f"volume{index}-slice{z}")
+    infected = sum(bool(t.any()) for t in result.targets)
+    summary = {"volumes": len(volume_paths), "slices_with_lung": len(result), "slices_with_infection": infected,
+               "label_source": sorted(notes)}
+    return VolumeSlices(result, summary)
+
+
+def keep_clear_slices_in_proportion(data: SliceSet, max_clear_fraction: float, seed: int) -> SliceSet:
+    """All slices with infection, plus slices without it up to ``max_clear_fraction`` of the result (seeded)."""
+    infected = [i for i, t in enumerate(data.targets) if t.any()]
+    clear = [i for i, t in enumerate(data.targets) if not t.any()]
+    n_clear = min(len(clear), int(round(len(infected) * max_clear_fraction / (1 - max_clear_fraction))))
+    chosen = np.random.default_rng(seed).choice(clear, n_clear, replace=False).tolist() if n_clear else []
+    return data.subset(sorted(infected + chosen))

@@ -1,0 +1,117 @@
+"""`lightseg train` on real slices and on a real CT volume with a .seg.nrrd label; the card it writes."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+import torch
+
+from conftest import REPO, SAMPLE, SEMISEG, run_cli
+from LightSegLib.cards import ModelCard, load_network, sha256_of
+from LightSegLib.io import ijk_to_lps
+from LightSegLib.training.augment import AugmentConfig, augment
+from LightSegLib.training.slices import keep_clear_slices_in_proportion, load_image_folders, split_fold
+
+WINDOW = REPO / "Resources" / "Calibration" / "hu-window-P001.json"
+
+
+@pytest.fixture
+def few_slices(tmp_path):
+    """Eight real labelled slices, copied into a folder pair of their own."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("0", "1", "2", "3", "4", "5", "10", "11"):
+        (tmp_path / "images" / f"{name}.jpg").write_bytes((SEMISEG / "images" / f"{name}.jpg").read_bytes())
+        (tmp_path / "masks" / f"{name}.png").write_bytes((SEMISEG / "masks" / f"{name}.png").read_bytes())
+    return tmp_path
+
+
+def test_train_writes_a_loadable_model_with_its_card(few_slices, tmp_path):
+    out = tmp_path / "models"
+    result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "tiny",
+                     "-o", out, "--epochs", "2", "--input-size", "64", "--val-fraction", "0.25",
+                     "--hu-window-from", WINDOW)
+    assert result.returncode == 0, result.stderr
+    card = ModelCard.load(out / "tiny.json")
+    assert card.weights_sha256 == sha256_of(out / "tiny.pt")
+    assert card.parameters == 82_666 and card.arch_config["aux"] is False
+    assert card.training["command"].startswith("lightseg train --images")
+    assert card.training["train_slices"] == 6 and card.training["validation_slices"] == 2
+    assert len(card.training["history"]) == 2
+    assert card.hu_window.level == json.loads(WINDOW.read_text())["level"]
+    assert 0 <= card.validation["kept"]["infnet_dice"] <= 1
+    state = torch.load(out / "tiny.pt", weights_only=True)
+    assert not any(k.startswith("heads.1.") for k in state)  # auxiliary heads are for training only
+    load_network(card)
+
+
+def test_train_refuses_to_overwrite_and_rejects_bad_folders(few_slices, tmp_path):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "tiny.json").write_text("{}")
+    result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "tiny",
+                     "-o", out, "--epochs", "1")
+    assert result.returncode == 2 and "--force" in result.stderr
+    result = run_cli("train", "--images", tmp_path / "nope", "--masks", few_slices / "masks", "--name", "x",
+                     "-o", out)
+    assert result.returncode == 2 and "nope: not a folder" in result.stderr
+
+
+def test_train_from_a_ct_volume_and_a_seg_nrrd_label(sample, tmp_path):
+    """A real CT and a Slicer segmentation (cropped to the segment, as Slicer may save it): slices with lung only."""
+    volumes, labels = tmp_path / "volumes", tmp_path / "labels"
+    volumes.mkdir()
+    labels.mkdir()
+    (volumes / "case1.nrrd").write_bytes(SAMPLE.read_bytes())
+    hu = sitk.GetArrayFromImage(sample)
+    infection = np.zeros(hu.shape, bool)
+    infection[30:40, 60:120, 40:100] = hu[30:40, 60:120, 40:100] > -750  # dense lung: a synthetic label
+    cropped = sitk.GetImageFromArray(infection[25:45].astype(np.uint8))
+    cropped.CopyInformation(sample[:, :, 25:45])
+    segmentation = slicerio.create_segmentation(cropped.GetSize(), ijk_to_lps(cropped))
+    slicerio.add_segment(segmentation, np.transpose(infection[25:45], (2, 1, 0)), {"name": "Infection"})
+    slicerio.write_segmentation(str(labels / "case1.seg.nrrd"), segmentation)
+
+    out = tmp_path / "models"
+    result = run_cli("train", "--volumes", volumes, "--labels", labels, "--name", "from-ct", "-o", out,
+                     "--epochs", "1", "--input-size", "64", "--hu-window-from", WINDOW)
+    assert result.returncode == 0, result.stderr
+    data = ModelCard.load(out / "from-ct.json").training["data"]
+    assert data["volumes_dir"] == str(volumes) and data["volumes"] == 1
+    assert 0 < data["slices_with_lung"] <= sample.GetSize()[2]
+    assert data["slices_with_infection"] == 10
+    assert data["label_source"] == ["segment 'Infection', resampled onto the volume grid"]
+
+
+def test_volume_training_needs_a_window(tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "l").mkdir()
+    result = run_cli("train", "--volumes", tmp_path / "v", "--labels", tmp_path / "l", "--name", "x", "-o", tmp_path)
+    assert result.returncode == 2 and "HU window" in result.stderr
+
+
+def test_split_and_clear_slice_proportion_are_seeded():
+    train, val = split_fold(50, 0.2, seed=0)
+    assert len(val) == 10 and len(train) == 40 and not set(train) & set(val)
+    assert np.array_equal(split_fold(50, 0.2, seed=0)[1], val)
+    data = load_image_folders(SEMISEG / "images", SEMISEG / "masks")
+    data.targets[0] = np.zeros_like(data.targets[0])
+    data.targets[1] = np.zeros_like(data.targets[1])
+    kept = keep_clear_slices_in_proportion(data, max_clear_fraction=0.02, seed=0)
+    assert len(kept) == 48 + 1
+
+
+def test_augmentation_keeps_images_and_targets_aligned():
+    """The same geometric transform moves image and target: a bright square and its mask stay together."""
+    image = torch.zeros(4, 1, 64, 64)
+    image[:, :, 20:36, 24:40] = 1.0
+    target = image.clone()
+    gen = torch.Generator().manual_seed(0)
+    cfg = AugmentConfig(window_jitter=0, gamma_range=(1, 1), blur_probability=0, sharpen_probability=0,
+                        noise_probability=0)
+    out_image, out_target = augment(image, target, cfg, gen)
+    assert torch.allclose(out_image, out_target, atol=1e-5)
+    assert out_image.min() >= 0 and out_image.max() <= 1
+    assert not torch.equal(out_image, image)
