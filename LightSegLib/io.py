@@ -203,8 +203,9 @@ def _write_seg_nrrd(labels: sitk.Image, path: Path) -> None:
 
 
 def _strip_suffix(path: Path) -> str:
+    """``case1.seg.nrrd`` -> ``case1``; a DICOM folder keeps its name."""
     suffix = suffix_of(path)
-    return path.name[: -len(suffix)] if path.name.lower().endswith(suffix) else path.stem
+    return path.name[: -len(suffix)] if suffix and path.name.lower().endswith(suffix) else path.name
 
 
 def pair_by_name(first_dir: Path, second_dir: Path) -> list[tuple[Path, Path]]:

@@ -55,6 +55,7 @@ class TrainResult:
     best_epoch: int
     best_val: dict[str, float]
     last_val: dict[str, float]
+    initial_val: dict[str, float]  # the starting weights on the validation set (epoch 0)
     history: list[EpochRecord]
     stopped: str  # "completed", "time budget", "early stopping", "stop requested"
     seconds: float
@@ -120,7 +121,11 @@ def _set_batchnorm_eval(model: nn.Module) -> None:
 def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: SliceSet | None, cfg: TrainConfig,
           on_epoch: Callable[[EpochRecord], None] | None = None,
           should_stop: Callable[[], bool] | None = None) -> TrainResult:
-    """Train ``model`` in place; returns the state with the best validation Inf-Net Dice (or the last one)."""
+    """Train ``model`` in place; returns the state with the best validation Inf-Net Dice (or the last one).
+
+    Stops early, after validating the current partial epoch, when ``should_stop()`` turns true ("stop requested") or
+    the time budget ``cfg.minutes`` is spent ("time budget"), both checked after every step.
+    """
     start = time.monotonic()
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
@@ -135,9 +140,10 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
     scaler = torch.amp.GradScaler(enabled=use_amp)
 
     history: list[EpochRecord] = []
-    best_state, best_epoch, best_score = copy.deepcopy(model.state_dict()), 0, -1.0
-    best_val: dict[str, float] = {}
-    last_val: dict[str, float] = {}
+    # epoch 0 is the starting point: a run that never beats it keeps the initial weights
+    initial_val = last_val = evaluate_set(model, spec, val_set, device) if val_set else {}
+    best_state, best_epoch, best_val = copy.deepcopy(model.state_dict()), 0, last_val
+    best_score = last_val.get("infnet_dice", -1.0)
     stopped, step = "completed", 0
     for epoch in range(1, cfg.epochs + 1):
         epoch_start = time.monotonic()
@@ -166,6 +172,9 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
             if should_stop and should_stop():
                 stopped = "stop requested"
                 break
+            if cfg.minutes is not None and time.monotonic() - start > cfg.minutes * 60:
+                stopped = "time budget"
+                break
         last_val = evaluate_set(model, spec, val_set, device) if val_set else {}
         score = last_val.get("infnet_dice", -float(np.mean(losses)) if losses else -1.0)
         if score > best_score:
@@ -179,11 +188,8 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
             on_epoch(record)
         if stopped != "completed":
             break
-        if cfg.minutes is not None and time.monotonic() - start > cfg.minutes * 60:
-            stopped = "time budget"
-            break
         if cfg.patience is not None and epoch - best_epoch >= cfg.patience:
             stopped = "early stopping"
             break
-    return TrainResult({k: v.cpu() for k, v in best_state.items()}, best_epoch, best_val, last_val, history,
-                       stopped, time.monotonic() - start)
+    return TrainResult({k: v.cpu() for k, v in best_state.items()}, best_epoch, best_val, last_val, initial_val,
+                       history, stopped, time.monotonic() - start)

@@ -1,0 +1,171 @@
+"""``lightseg finetune``: adapt a model to a site's own CT and labels, as a new model version in the user store.
+
+The base model is only read. The site's slices are split into fine-tune and held-out parts; the parent and the new
+model are both scored on the same held-out slices, and the card records counts only (no file names, no pixels).
+"""
+
+from __future__ import annotations
+
+import csv
+import platform
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..cards import ModelCard, load_network, save_model
+from ..errors import LightSegError
+from ..models import build_model
+from ..registry import user_dir
+from .loop import EpochRecord, TrainConfig, TrainResult, train
+from .recipe import _inference_state
+from .slices import SliceSet, keep_clear_slices_in_proportion, load_image_folders, split_fold, volume_slices
+
+MIN_INFECTED_SLICES = 4
+MAX_CLEAR_FRACTION = 0.25  # slices without infection kept, as a share of the fine-tune set
+FINETUNE_DEFAULTS = {"lr": 3e-4, "epochs": 40, "patience": 10, "batch_size": 4, "val_fraction": 0.3}
+
+
+@dataclass
+class SiteData:
+    slices: SliceSet
+    summary: dict = field(default_factory=dict)
+
+
+def read_pairs_csv(path: Path) -> tuple[list[Path], list[Path]]:
+    """A CSV with columns ``volume,label`` (paths relative to the CSV's folder, or absolute)."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        pairs = [((path.parent / r["volume"]).resolve(), (path.parent / r["label"]).resolve()) for r in rows]
+    except (OSError, KeyError) as exc:
+        raise LightSegError(f"not a pairs CSV with 'volume' and 'label' columns ({type(exc).__name__})", path) from None
+    if not pairs:
+        raise LightSegError("lists no pairs", path)
+    return [v for v, _ in pairs], [lab for _, lab in pairs]
+
+
+def site_from_images(images: Path, masks: Path) -> SiteData:
+    data = load_image_folders(images, masks)
+    return SiteData(data, {"kind": "2D slices", "slices": len(data)})
+
+
+def site_from_volumes(volumes: list[Path], labels: list[Path], base: ModelCard, segment: str) -> SiteData:
+    if base.hu_window is None:
+        raise LightSegError("base model has no HU window, so it cannot be fine-tuned on CT volumes", base.path)
+    extracted = volume_slices(volumes, labels, base.hu_window, segment)
+    return SiteData(extracted.slices, {"kind": "CT volumes", **extracted.summary})
+
+
+def check_site_data(site: SiteData, source: str) -> None:
+    infected = sum(bool(t.any()) for t in site.slices.targets)
+    if infected == 0:
+        raise LightSegError("the labels are empty everywhere: no slice has infection to learn from", source)
+    if infected < MIN_INFECTED_SLICES:
+        raise LightSegError(f"only {infected} labelled slices with infection; fine-tuning needs at least "
+                            f"{MIN_INFECTED_SLICES}", source)
+
+
+@dataclass
+class FinetuneRequest:
+    base: ModelCard
+    name: str
+    site: SiteData
+    val_fraction: float = FINETUNE_DEFAULTS["val_fraction"]
+    version: str = "1.0.0"
+    output_dir: Path | None = None
+
+
+def run_finetune(request: FinetuneRequest, cfg: TrainConfig, command: list[str],
+                 on_epoch: Callable[[EpochRecord], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> tuple[Path, TrainResult, dict]:
+    """Fine-tune and save the new model; returns its card path, the training result and the comparison."""
+    base = request.base
+    output_dir = request.output_dir or user_dir()
+    if base.path is not None and output_dir.resolve() == base.path.parent.resolve() and request.name == base.id:
+        raise LightSegError("the new model needs a name of its own; the base is never overwritten", request.name)
+    data = keep_clear_slices_in_proportion(request.site.slices, MAX_CLEAR_FRACTION, cfg.seed)
+    train_idx, val_idx = split_fold(len(data), request.val_fraction, cfg.seed)
+    train_set, val_set = data.subset(train_idx), data.subset(val_idx)
+    spec = base.input_spec()
+    cfg.input_size = spec.size[0]
+
+    # Fine-tuning uses the main head only: freshly initialised auxiliary heads would disturb a trained decoder.
+    inference_config = dict(base.arch_config)
+    if base.architecture == "miniseg":
+        inference_config["aux"] = False
+    model = build_model(base.architecture, inference_config)
+    model.load_state_dict(_inference_state(load_network(base).state_dict(), base.architecture), strict=True)
+    result = train(model, spec, train_set, val_set, cfg, on_epoch=on_epoch, should_stop=should_stop)
+    parent_val = result.initial_val
+    inference_model = build_model(base.architecture, inference_config)
+    inference_model.load_state_dict(result.best_state, strict=True)
+    comparison = {"held_out_slices": len(val_set), "parent": parent_val, "new": result.best_val,
+                  "improvement_infnet_dice": result.best_val.get("infnet_dice", 0) - parent_val["infnet_dice"]}
+    card = ModelCard(
+        id=request.name, version=request.version, architecture=base.architecture, arch_config=inference_config,
+        input_size=list(base.input_size), normalisation=base.normalisation, hu_window=base.hu_window,
+        weights_file=f"{request.name}.pt", weights_sha256="", parameters=base.parameters,
+        licence=f"site model derived from {base.id} ({base.licence})",
+        description=f"{base.id} fine-tuned on site data with lightseg finetune",
+        output_activation=base.output_activation, infection_channel=base.infection_channel,
+        training={
+            "command": shlex.join(redact_site_paths(command)),
+            "site_data": {**request.site.summary, "finetune_slices": len(train_set), "held_out_slices": len(val_set),
+                          "finetune_slices_with_infection": sum(bool(t.any()) for t in train_set.targets)},
+            "hyperparameters": {k: v for k, v in asdict(cfg).items() if k != "device"},
+            "stopped": result.stopped, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
+            "seconds": round(result.seconds, 1), "device": cfg.device, "machine": platform.machine(),
+            "torch": torch.__version__, "history": result.history_dicts(),
+        },
+        validation={"fold": f"{len(val_set)} site slices held out (seed {cfg.seed})", "kept": result.best_val,
+                    "parent_on_same_slices": parent_val, "last_epoch": result.last_val},
+        parent={"id": base.id, "version": base.version, "sha256": base.weights_sha256},
+    )
+    path = save_model(card, inference_model.state_dict(), output_dir)
+    return path, result, comparison
+
+
+SITE_DATA_OPTIONS = ("--images", "--masks", "--volumes", "--labels", "--pairs", "--stop-file")
+
+
+def redact_site_paths(command: list[str]) -> list[str]:
+    """The command line with the site's data paths replaced: a card records counts, never file names."""
+    redacted, hide_next = [], False
+    for word in command:
+        option = word.split("=", 1)[0]
+        if hide_next:
+            redacted.append("<site data>")
+            hide_next = False
+        elif option in SITE_DATA_OPTIONS and "=" in word:
+            redacted.append(f"{option}=<site data>")
+        else:
+            redacted.append(word)
+            hide_next = word in SITE_DATA_OPTIONS
+    return redacted
+
+
+class StopSignal:
+    """True once SIGINT/SIGTERM arrived or a stop file exists (checked between training steps)."""
+
+    def __init__(self, stop_file: Path | None) -> None:
+        self.stop_file = stop_file
+        self.signalled = False
+
+    def handle(self, signum, frame) -> None:  # noqa: ARG002 (signal handler signature)
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        return self.signalled or (self.stop_file is not None and self.stop_file.exists())
+
+
+def eta_seconds(record: EpochRecord, cfg: TrainConfig, started: float) -> float:
+    """Remaining time: the remaining epochs at the mean epoch time so far, capped by the time budget."""
+    elapsed = time.monotonic() - started
+    remaining = (cfg.epochs - record.epoch) * elapsed / max(record.epoch, 1)
+    if cfg.minutes is not None:
+        remaining = min(remaining, max(cfg.minutes * 60 - elapsed, 0))
+    return round(remaining, 1)
