@@ -75,3 +75,19 @@ def test_slices_without_lung_are_skipped(segmenter, sample):
     assert result.slices_total == sample.GetSize()[2] + 6
     assert result.slices_segmented == result.lungs.lungs.any(axis=(1, 2)).sum() <= sample.GetSize()[2]
     assert not sitk.GetArrayViewFromImage(result.labels)[:6].any()
+
+
+def test_optimised_engine_matches_the_eager_reference(untrained_card, sample):
+    """The engine's folded channels_last network against the plain eager network on the same slices."""
+    from LightSegLib.cards import load_network
+
+    fast = Segmenter(untrained_card, "cpu")
+    reference = Segmenter(untrained_card, "cpu")
+    reference.model = load_network(untrained_card)  # unfolded, contiguous: the reference forward
+    shape = sitk.GetArrayViewFromImage(sample).shape
+    p_fast, p_ref = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    labels_fast = sitk.GetArrayFromImage(fast.segment_volume(sample, probabilities=p_fast).labels) == INFECTION
+    labels_ref = sitk.GetArrayFromImage(reference.segment_volume(sample, probabilities=p_ref).labels) == INFECTION
+    assert np.abs(p_fast - p_ref).max() < 1e-4
+    overlap = 2 * (labels_fast & labels_ref).sum() / max(labels_fast.sum() + labels_ref.sum(), 1)
+    assert overlap > 0.99

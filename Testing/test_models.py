@@ -39,3 +39,24 @@ def test_ulite_shapes_and_size_rule():
 def test_build_model_rejects_unknown_architecture():
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("unet9000", {})
+
+
+def _with_running_statistics(model: torch.nn.Module, channels: int, size: int) -> torch.nn.Module:
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, channels, size, size) * 2 + 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("model, channels, size", [(MiniSeg(3, 2), 3, 96), (ULite(1, 1), 1, 64)])
+def test_batchnorm_folding_keeps_the_function_and_removes_every_bn(model, channels, size):
+    from LightSegLib.models.fold import fold_batchnorm
+
+    model = _with_running_statistics(model, channels, size)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, channels, size, size)
+    with torch.inference_mode():
+        assert torch.allclose(model(x)[0], folded(x)[0], atol=1e-4)

@@ -1,0 +1,143 @@
+"""Inference speed and memory: network throughput against a reference measured in the same run, and whole volumes.
+
+    python benchmarks/bench_inference.py [--seconds 8] [--skip-600]
+
+Reference: the plain eager fp32 forward at batch 1 on 512 x 512 input (the official MiniSeg protocol, 3 channels).
+Engine: what LightSeg runs (BatchNorm folded, channels_last, batched; fp16 autocast on CUDA).
+End to end: `lightseg segment` in a subprocess (read, lung mask, inference, write) on the full-resolution P001 DICOM
+series and on a 512 x 512 x 600 volume made from it; wall time and peak RSS of that process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from LightSegLib.io import read_image  # noqa: E402
+from LightSegLib.models import MiniSeg, ULite  # noqa: E402
+from LightSegLib.models.fold import fold_batchnorm  # noqa: E402
+
+P001 = REPO.parent / "shared" / "data" / "covid-ct-md" / "P001"
+
+
+def slices_per_second(model: torch.nn.Module, batch: int, channels: int, size: int, device: torch.device,
+                      seconds: float, channels_last: bool = False, half: bool = False) -> float:
+    """Median throughput over repeated timed forwards (after two warm-ups)."""
+    x = torch.randn(batch, channels, size, size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode(), torch.autocast(device.type, enabled=half):
+        for i in range(1000):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+            if sum(times) > seconds and len(times) >= 3:
+                break
+    return batch / statistics.median(times)
+
+
+def network_rows(device: torch.device, seconds: float) -> list[tuple[str, float]]:
+    torch.manual_seed(0)
+    half = device.type == "cuda"
+    miniseg, ulite = MiniSeg(3, 2).eval().to(device), ULite(1, 1).eval().to(device)
+    fast_miniseg = fold_batchnorm(miniseg).to(device, memory_format=torch.channels_last)
+    fast_ulite = fold_batchnorm(ulite).to(device, memory_format=torch.channels_last)
+    batch = 32 if device.type == "cuda" else 8
+    return [
+        ("MiniSeg reference: eager fp32, batch 1, 512", slices_per_second(miniseg, 1, 3, 512, device, seconds)),
+        (f"MiniSeg engine: folded, channels_last, batch {batch}, 512",
+         slices_per_second(fast_miniseg, batch, 3, 512, device, seconds, True, half)),
+        (f"MiniSeg engine: folded, channels_last, batch {batch}, 288 (lung crop)",
+         slices_per_second(fast_miniseg, batch, 3, 288, device, seconds, True, half)),
+        ("U-Lite reference: eager fp32, batch 1, 512", slices_per_second(ulite, 1, 1, 512, device, seconds)),
+        (f"U-Lite engine: folded, channels_last, batch {batch}, 256 (lung crop)",
+         slices_per_second(fast_ulite, batch, 1, 256, device, seconds, True, half)),
+    ]
+
+
+def run_segment(input_path: Path, out_dir: Path, model: str = "miniseg-covid") -> dict:
+    """`lightseg segment` in a subprocess: wall time, peak RSS (MB) and the report's stage timings."""
+    report = out_dir / f"{input_path.name}.json"
+    command = [sys.executable, "-m", "LightSegLib", "segment", str(input_path), "-o",
+               str(out_dir / f"{input_path.name}-labels.nrrd"), "--report", str(report), "--model", model,
+               "--device", "cpu", "--force"]
+    start = time.perf_counter()
+    # a fresh process per run, so RUSAGE_CHILDREN's peak is this run's (wrapped in a shell that reports it)
+    probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
+    result = subprocess.run([sys.executable, "-c", probe, *command], cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"segment failed: {result.stderr.strip()}")
+    peak_mb = int(result.stdout.strip().splitlines()[-1]) / 1024
+    return {"wall_s": wall, "peak_rss_mb": peak_mb, "timings": json.loads(report.read_text())["timings_s"]}
+
+
+def make_600(directory: Path) -> Path:
+    """512 x 512 x 600 from the P001 series: its 148 slices, alternately reversed, repeated (uncompressed NRRD)."""
+    image = read_image(P001).image
+    hu = sitk.GetArrayFromImage(image)
+    stack = np.concatenate([hu if i % 2 == 0 else hu[::-1] for i in range(5)])[:600]
+    volume = sitk.GetImageFromArray(stack)
+    volume.SetSpacing(image.GetSpacing())
+    volume.SetOrigin(image.GetOrigin())
+    path = directory / "P001x600.nrrd"
+    sitk.WriteImage(volume, str(path))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="timing budget per network row")
+    parser.add_argument("--skip-600", action="store_true", help="skip the 512 x 512 x 600 volume")
+    args = parser.parse_args()
+
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
+    reference = {}
+    for device in devices:
+        rows = network_rows(device, args.seconds)
+        reference[device.type] = rows[0][1]
+        print(f"\n{'network on ' + device.type:<62} {'slices/s':>9} {'x reference':>12}")
+        for name, rate in rows:
+            base = rows[0][1] if name.startswith("MiniSeg") else rows[3][1]
+            print(f"{name:<62} {rate:9.1f} {rate / base:12.2f}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        volumes = [("P001 DICOM, 512x512x148", P001, 148)]
+        if not args.skip_600:
+            volumes.append(("P001 x4, 512x512x600 (NRRD)", make_600(tmp), 600))
+        print(f"\n{'end to end on the CPU (lightseg segment)':<36} {'wall s':>7} {'ref s':>7} {'ratio':>6} "
+              f"{'peak RSS MB':>12}  stages (s)")
+        for name, path, n_slices in volumes:
+            run = run_segment(path, tmp)
+            ref_seconds = n_slices / reference["cpu"]
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in run["timings"].items() if k != "total")
+            print(f"{name:<36} {run['wall_s']:7.2f} {ref_seconds:7.2f} {run['wall_s'] / ref_seconds:6.2f} "
+                  f"{run['peak_rss_mb']:12.0f}  {stages}")
+        print("\nref s: the reference forward alone for the same number of slices at 512 x 512 (no IO, no lung mask).")
+
+
+if __name__ == "__main__":
+    main()
