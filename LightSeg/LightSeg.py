@@ -8,11 +8,9 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
-import ctk
 import numpy as np
 import qt
 import slicer
@@ -524,7 +522,6 @@ class LightSegTest(ScriptedLoadableModuleTest):
         return slicer.util.loadVolume(str(sample_path()))
 
     def test_SegmentSample(self):
-        import SimpleITK as sitk
 
         from LightSegLib import registry
         from LightSegLib.engine import Segmenter

@@ -3,7 +3,6 @@
 import shutil
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from conftest import SAMPLE, run_cli

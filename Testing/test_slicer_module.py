@@ -4,6 +4,7 @@ import ast
 import json
 import py_compile
 import re
+import sys
 import xml.etree.ElementTree as ET
 
 import jsonschema
@@ -12,7 +13,10 @@ import pytest
 import SimpleITK as sitk
 from slicerio.segmentation import terminology_entry_from_string
 
-from conftest import REPO, SAMPLE
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+from render_panel import plain_qt_ui, render  # noqa: E402
 
 MODULE = REPO / "LightSeg" / "LightSeg.py"
 UI = REPO / "LightSeg" / "Resources" / "UI" / "LightSeg.ui"
@@ -93,18 +97,6 @@ def test_module_compiles():
     py_compile.compile(str(MODULE), doraise=True)
 
 
-def plain_qt_ui(path):
-    """Write LightSeg.ui with Slicer's custom widgets replaced by the Qt classes they extend (and without the
-    MRML-scene signal connections, which only Slicer's widgets have) to ``path``."""
-    text = UI.read_text()
-    for custom, qt_class in _ui_custom_widgets().items():
-        text = re.sub(rf'class="{custom}"', f'class="{qt_class}"', text)
-    text = re.sub(r"<customwidgets>.*?</customwidgets>", "", text, flags=re.S)
-    text = re.sub(r"<connections>.*?</connections>", "", text, flags=re.S)
-    path.write_text(text)
-    return path
-
-
 @pytest.fixture(scope="module")
 def loaded_ui(tmp_path_factory):
     """The .ui loaded by PySide6's QUiLoader in an offscreen QApplication."""
@@ -113,7 +105,7 @@ def loaded_ui(tmp_path_factory):
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication([])
-    qfile = QFile(str(plain_qt_ui(tmp_path_factory.mktemp("ui") / "LightSeg.ui")))
+    qfile = QFile(str(plain_qt_ui(UI, tmp_path_factory.mktemp("ui") / "LightSeg.ui")))
     assert qfile.open(QFile.ReadOnly)
     widget = QUiLoader().load(qfile)
     qfile.close()
@@ -263,3 +255,18 @@ def test_results_rows_and_clipboard_text_from_a_real_report(untrained_card, samp
     assert dict((r[0], r[1]) for r in rows)["Lung volume"] == f"{report['lung_volume_ml']:.0f}"
     text = rows_as_tsv(rows)
     assert text.splitlines()[0] == "Measure\tValue\tUnit" and len(text.splitlines()) == len(rows) + 1
+
+
+def test_panel_renders_offscreen_with_a_results_table(tmp_path, loaded_ui):
+    from PIL import Image
+
+    report = {"infection_ml": 120.5, "lung_volume_ml": 6200.0, "percent_involved": 1.9,
+              "lungs": {"right": {"volume_ml": 3150.0, "infection_ml": 70.0, "percent_involved": 2.2},
+                        "left": {"volume_ml": 3050.0, "infection_ml": 50.5, "percent_involved": 1.7}},
+              "model": {"id": "miniseg-covid", "version": "1.0.0"}, "device": "cpu",
+              "timings_s": {"lung_mask": 1.0, "inference": 2.0, "total": 3.5}}
+    out = tmp_path / "panel.png"
+    render(report, out)
+    with Image.open(out) as picture:
+        assert picture.size == (440, 980)
+        assert len(set(picture.convert("L").getdata())) > 10  # drawn, not blank
