@@ -4,9 +4,11 @@ Steps, on a canonical (S, P, L) HU array, at about 1.5 mm in-plane (the result i
 1. air = HU < -400; air connected to the sides of the field of view is outside the body and dropped;
 2. the large remaining air components are the lungs (with the airways);
 3. the lungs are split into right and left by their connected components, eroding the mask if they touch;
-4. each lung, slice by slice, is closed with a 20 mm disk and hole-filled, so vessels, nodules and dense lesions
-   (consolidation touching the pleura included) stay inside it. Closing each lung alone keeps the two lungs from
-   merging across the mediastinum.
+4. each lung, slice by slice, is closed with a 20 mm disk and hole-filled, so vessels and lesions (consolidation
+   touching the pleura included) stay inside it. Closing each lung alone keeps the two lungs from merging across the
+   mediastinum; holes larger than a vessel are filled only when they are not solid, which keeps the liver and spleen
+   domes (surrounded by lung in the basal slices) out, at the price of leaving out a large dense consolidation that
+   aerated lung surrounds completely.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from scipy import ndimage
 AIR_HU = -400.0
 WORKING_SPACING_MM = 1.5
 CLOSING_RADIUS_MM = 20.0
+CLOSING_REACH_MM = 8.0  # farther than this from aerated lung, closing keeps only ground-glass-like voxels
+GGO_MAX_HU = -300.0
+SMALL_HOLE_MM2 = 100.0  # holes up to this area in a slice are always filled (vessel cross-sections)
+SOLID_MIN_HU = -100.0  # larger holes whose mean is above this are solid organ (liver/spleen dome), not lung
 MIN_LUNG_ML = 30.0
 RIGHT, LEFT = 1, 2
 
@@ -36,6 +42,7 @@ class LungMask:
 
 _CROSS = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)  # in-plane neighbours only
 _SQUARE = np.ones((1, 3, 3), bool)
+_IN_SLICE = np.pad(_CROSS, ((1, 1), (0, 0), (0, 0)))  # 3x3x3, neighbours within the slice only (for labelling)
 
 
 def _octagon_steps(radius: float) -> list[np.ndarray]:
@@ -43,8 +50,14 @@ def _octagon_steps(radius: float) -> list[np.ndarray]:
     return [_CROSS if i % 2 == 0 else _SQUARE for i in range(max(1, int(round(radius))))]
 
 
-def _close_slices(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Per axial slice: closing with an octagon of ``radius`` voxels, then hole filling (inside the mask's box)."""
+def _close_slices(mask: np.ndarray, hu: np.ndarray, radius: float, reach: float, max_small_hole: int) -> np.ndarray:
+    """Per axial slice: closing with an octagon of ``radius`` voxels, then hole filling (inside the mask's box).
+
+    What the closing adds is kept within ``reach`` voxels of the lung, and farther only where it is ground-glass-like
+    (below GGO_MAX_HU). Holes of at most ``max_small_hole`` voxels (vessels) are filled; larger holes only when they
+    are not solid (mean below SOLID_MIN_HU): the dome of the liver or spleen, surrounded by lung in the basal slices,
+    stays out, while ground-glass and mixed lesions go in.
+    """
     result = mask.copy()
     if not mask.any():
         return result
@@ -56,18 +69,31 @@ def _close_slices(mask: np.ndarray, radius: float) -> np.ndarray:
         region = ndimage.binary_dilation(region, step)
     for step in steps:
         region = ndimage.binary_erosion(region, step, border_value=1)
-    region = region[:, pad:-pad, pad:-pad]
-    result[box] = ndimage.binary_fill_holes(region | mask[box], structure=_CROSS)
+    near = np.pad(mask[box], ((0, 0), (pad, pad), (pad, pad)))
+    for step in _octagon_steps(reach):
+        near = ndimage.binary_dilation(near, step)
+    hu_box = hu[box]
+    closed = mask[box] | (region & near)[:, pad:-pad, pad:-pad] | (region[:, pad:-pad, pad:-pad] & (hu_box < GGO_MAX_HU))
+    holes = ndimage.binary_fill_holes(closed, structure=_CROSS) & ~closed
+    labels, count = ndimage.label(holes, structure=_IN_SLICE)  # components within each slice
+    if count:
+        index = np.arange(1, count + 1)
+        sizes = ndimage.sum_labels(holes, labels, index)
+        mean_hu = ndimage.mean(hu_box, labels, index)
+        keep = np.concatenate([[False], (sizes <= max_small_hole) | (mean_hu < SOLID_MIN_HU)])
+        closed |= keep[labels]
+    result[box] = closed
     return result
 
 
 def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
-    """Slices of the mask's bounding box, grown in-plane by ``pad`` and clipped to the array."""
+    """Slices of the mask's bounding box, grown in-plane by ``pad`` and by one slice above and below (where the
+    tissue around the lung ends is outside it), clipped to the array."""
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         hits = np.flatnonzero(mask.any(axis=other))
-        grow = 0 if axis == 0 else pad
+        grow = 1 if axis == 0 else pad
         box.append(slice(max(hits[0] - grow, 0), min(hits[-1] + 1 + grow, mask.shape[axis])))
     return tuple(box)
 
@@ -144,8 +170,10 @@ def lung_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> LungMask:
     lungs = _largest_components(inside_air, min_voxels)
     sides = _split_sides(lungs, min_voxels) if lungs.any() else np.zeros(lungs.shape, np.uint8)
     radius = CLOSING_RADIUS_MM / min(work_spacing[1:])
+    reach = CLOSING_REACH_MM / min(work_spacing[1:])
+    max_small_hole = int(SMALL_HOLE_MM2 / (work_spacing[1] * work_spacing[2]))
     for side in (RIGHT, LEFT):
-        closed = _close_slices(sides == side, radius)
+        closed = _close_slices(sides == side, small, radius, reach, max_small_hole)
         sides[closed & (sides == 0)] = side
     if step > 1:
         sides = np.repeat(np.repeat(sides, step, axis=1), step, axis=2)[:, :hu.shape[1], :hu.shape[2]]

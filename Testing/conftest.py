@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # Qt tests render without a display
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIGHTSEG_SHARED", REPO.parent / "shared"))
 DATA = SHARED / "data"

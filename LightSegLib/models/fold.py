@@ -19,6 +19,13 @@ from .miniseg import AHSP, ConvBlock, DecoderStage, DeepestStage, Fuse, LongBloc
 from .ulite import Bottleneck, DecoderBlock, EncoderBlock, ULite
 
 
+# Blocks whose BatchNorm directly follows one convolution: block type -> (convolution attribute, norm attribute)
+CONV_THEN_NORM: dict[type, tuple[str, str]] = {
+    ConvBlock: ("conv", "norm"), LongBlock: ("dw", "norm"), AHSP: ("fuse", "norm"), Fuse: ("conv", "norm"),
+    DeepestStage: ("proj", "norm"), DecoderStage: ("lateral", "lateral_norm"), DecoderBlock: ("pw_in", "norm"),
+}
+
+
 def _bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     return scale, bn.bias - bn.running_mean * scale
@@ -40,29 +47,15 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     if not isinstance(model, (MiniSeg, ULite)):
         return model
     for module in model.modules():
-        if isinstance(module, ConvBlock):
-            _fold_into(module.conv, *_bn_scale_shift(module.norm))
-            module.norm = nn.Identity()
-        elif isinstance(module, LongBlock):
-            _fold_into(module.dw, *_bn_scale_shift(module.norm))
-            module.norm = nn.Identity()
-        elif isinstance(module, AHSP):
-            _fold_into(module.fuse, *_bn_scale_shift(module.norm))
-            module.norm = nn.Identity()
+        pair = CONV_THEN_NORM.get(type(module))
+        if pair is not None:
+            conv_name, norm_name = pair
+            _fold_into(getattr(module, conv_name), *_bn_scale_shift(getattr(module, norm_name)))
+            setattr(module, norm_name, nn.Identity())
         elif isinstance(module, UpBranch):
             scale, shift = _bn_scale_shift(module.norm)
             _fold_into(module.dw1, scale, shift)
             _fold_into(module.dw2, scale, None)
-            module.norm = nn.Identity()
-        elif isinstance(module, (Fuse, DeepestStage)):
-            conv = module.conv if isinstance(module, Fuse) else module.proj
-            _fold_into(conv, *_bn_scale_shift(module.norm))
-            module.norm = nn.Identity()
-        elif isinstance(module, DecoderStage):
-            _fold_into(module.lateral, *_bn_scale_shift(module.lateral_norm))
-            module.lateral_norm = nn.Identity()
-        elif isinstance(module, DecoderBlock):
-            _fold_into(module.pw_in, *_bn_scale_shift(module.norm))
             module.norm = nn.Identity()
         elif isinstance(module, EncoderBlock):
             _fold_axial(module)
