@@ -365,6 +365,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float, default=D["val_fraction"])
     p.add_argument("--lr", type=float, default=D["lr"])
     p.add_argument("--patience", type=int, default=D["patience"], help="early stopping on the held-out slices")
+    p.add_argument("--anchor", type=float, default=D["anchor"],
+                   help="L2-SP weight pulling the weights towards the base model (0: plain fine-tuning)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
@@ -422,7 +424,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(f"labels: {', '.join(site.summary['label_source'])}", file=sys.stderr)
 
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, minutes=args.minutes, patience=args.patience,
-                      freeze_batchnorm=True, device=str(pick_device(args.device)))
+                      freeze_batchnorm=True, anchor_weight=args.anchor, device=str(pick_device(args.device)))
     stop = StopSignal(args.stop_file)
     signal.signal(signal.SIGINT, stop.handle)
     signal.signal(signal.SIGTERM, stop.handle)

@@ -14,6 +14,7 @@ Steps, on a canonical (S, P, L) HU array, at about 1.5 mm in-plane (the result i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -35,8 +36,9 @@ class LungMask:
 
     sides: np.ndarray
 
-    @property
+    @cached_property
     def lungs(self) -> np.ndarray:
+        """Both lungs, computed once (the engine reads it for every batch)."""
         return self.sides > 0
 
 

@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further lightseg finetune options")
     args = parser.parse_args()
 
     base = registry.resolve(args.base)
@@ -85,7 +86,7 @@ def main() -> None:
         env = {**os.environ, "LIGHTSEG_HOME": str(tmp / "home")}
         command = [sys.executable, "-m", "LightSegLib", "finetune", "--base", args.base, "--name", "site-shifted",
                    "--images", str(tmp / "site" / "images"), "--masks", str(tmp / "site" / "masks"),
-                   "--threads", str(args.threads), "--device", "cpu"]
+                   "--threads", str(args.threads), "--device", "cpu", *args.extra]
         start = time.perf_counter()
         run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start

@@ -26,7 +26,7 @@ from .slices import SliceSet, keep_clear_slices_in_proportion, load_image_folder
 
 MIN_INFECTED_SLICES = 4
 MAX_CLEAR_FRACTION = 0.25  # slices without infection kept, as a share of the fine-tune set
-FINETUNE_DEFAULTS = {"lr": 3e-4, "epochs": 40, "patience": 10, "batch_size": 4, "val_fraction": 0.3}
+FINETUNE_DEFAULTS = {"lr": 3e-4, "epochs": 40, "patience": 10, "batch_size": 4, "val_fraction": 0.3, "anchor": 0.0}
 
 
 @dataclass

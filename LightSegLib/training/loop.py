@@ -34,6 +34,7 @@ class TrainConfig:
     minutes: float | None = None
     patience: int | None = None
     freeze_batchnorm: bool = False
+    anchor_weight: float = 0.0  # L2-SP: pull the weights towards the starting ones (fine-tuning without forgetting)
     device: str = "cpu"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -134,6 +135,7 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
     images, targets = (t.to(device) for t in train_set.as_tensors(cfg.input_size))
     weights = class_weights(train_set.infection_fraction()).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    anchors = [p.detach().clone() for p in model.parameters()] if cfg.anchor_weight else []
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     use_amp = device.type == "cuda"
@@ -163,6 +165,9 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
             with torch.autocast(device.type, enabled=use_amp):
                 outputs = model(normalise_input(x, spec.mean, spec.std))
             loss = segmentation_loss(outputs, y, spec, weights, cfg.dice_weight)
+            if anchors:
+                loss = loss + cfg.anchor_weight / 2 * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(),
+                                                                                                anchors))
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)
