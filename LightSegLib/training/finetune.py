@@ -21,7 +21,7 @@ from ..errors import LightSegError
 from ..models import build_model
 from ..registry import user_dir
 from .loop import EpochRecord, TrainConfig, TrainResult, train
-from .recipe import _inference_state
+from .recipe import inference_state
 from .slices import SliceSet, keep_clear_slices_in_proportion, load_image_folders, split_fold, volume_slices
 
 MIN_INFECTED_SLICES = 4
@@ -98,7 +98,7 @@ def run_finetune(request: FinetuneRequest, cfg: TrainConfig, command: list[str],
     if base.architecture == "miniseg":
         inference_config["aux"] = False
     model = build_model(base.architecture, inference_config)
-    model.load_state_dict(_inference_state(load_network(base).state_dict(), base.architecture), strict=True)
+    model.load_state_dict(inference_state(load_network(base).state_dict(), base.architecture), strict=True)
     result = train(model, spec, train_set, val_set, cfg, on_epoch=on_epoch, should_stop=should_stop)
     parent_val = result.initial_val
     inference_model = build_model(base.architecture, inference_config)

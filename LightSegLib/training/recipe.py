@@ -44,7 +44,7 @@ class TrainRequest:
     extra_card: dict = field(default_factory=dict)
 
 
-def _inference_state(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+def inference_state(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
     """Drop MiniSeg's auxiliary training heads (heads.1-3); inference uses the main head only."""
     if arch != "miniseg":
         return state
@@ -86,7 +86,7 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
     state = result.best_state if request.keep == "best" else {k: v.cpu() for k, v in model.state_dict().items()}
     inference_config = model_config(model, request.arch)
     inference_model = build_model(request.arch, inference_config)
-    inference_model.load_state_dict(_inference_state(state, request.arch), strict=True)
+    inference_model.load_state_dict(inference_state(state, request.arch), strict=True)
 
     card = ModelCard(
         id=request.name,
