@@ -78,13 +78,19 @@ def _close_slices(mask: np.ndarray, hu: np.ndarray, radius: float, reach: float,
         near = ndimage.binary_dilation(near, step)
     hu_box = hu[box]
     closed = inside | (region & (near[:, pad:-pad, pad:-pad] | (hu_box < GGO_MAX_HU)))
-    holes = ndimage.binary_fill_holes(closed, structure=_CROSS) & ~closed
-    labels, count = ndimage.label(holes, structure=_IN_SLICE)  # components within each slice
+    # holes: background components of a slice that do not reach the slice's edge (one labelling pass; an iterative
+    # fill over the whole box grew faster than the slice count)
+    labels, count = ndimage.label(~closed, structure=_IN_SLICE)
     if count:
         index = np.arange(1, count + 1)
-        sizes = ndimage.sum_labels(holes, labels, index)
+        edge = np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
+                               labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
+        is_hole = np.ones(count + 1, bool)
+        is_hole[0] = False
+        is_hole[edge] = False
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
         mean_hu = ndimage.mean(hu_box, labels, index)
-        keep = np.concatenate([[False], (sizes <= max_small_hole) | (mean_hu < SOLID_MIN_HU)])
+        keep = np.concatenate([[False], (sizes <= max_small_hole) | (mean_hu < SOLID_MIN_HU)]) & is_hole
         closed |= keep[labels]
     result[box] = closed
     return result
