@@ -582,7 +582,6 @@ class LightSegTest(ScriptedLoadableModuleTest):
 
     def test_FinetuneOneEpoch(self):
         from LightSegLib import registry
-        from LightSegLib.training.finetune import FINETUNE_DEFAULTS  # noqa: F401 (import check)
 
         self.delayDisplay("Fine-tuning one epoch on the sample with a synthetic label")
         volumeNode = self._loadSample()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import LightSegError
+from .registry import DEFAULT_MODEL
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -109,7 +110,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, help="NIfTI, NRRD, MetaImage, DICOM folder, or PNG/JPG slice")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="label map: .nii.gz, .nrrd, .seg.nrrd or .mha (volumes), .png (slices)")
-    p.add_argument("--model", help=f"model id or card path (default {DEFAULT_MODEL_HELP})")
+    p.add_argument("--model", help=f"model id or card path (default {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--probabilities", type=Path, help="also write the network's infection probability (.npy or image)")
     p.add_argument("--report", type=Path, help="also write a JSON report (volumes, percent per lung, timings)")
@@ -117,8 +118,6 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=_cmd_segment)
 
-
-DEFAULT_MODEL_HELP = "miniseg-covid"
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -176,7 +175,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="segment the bundled sample CT and write a mask, a report and a montage")
     p.add_argument("-o", "--output-dir", type=Path, default=Path("demo-output"))
-    p.add_argument("--model", help="model id or card path (default miniseg-covid)")
+    p.add_argument("--model", help=f"model id or card path (default {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="overwrite earlier demo output")
     p.set_defaults(func=_cmd_demo)
@@ -311,7 +310,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="Dice, IoU, sensitivity, specificity, HD95 and Inf-Net Dice on labelled slices")
-    p.add_argument("--model", help="model id or card path (default miniseg-covid)")
+    p.add_argument("--model", help=f"model id or card path (default {DEFAULT_MODEL})")
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--masks", type=Path, required=True)
     p.add_argument("--only", nargs="*", help="evaluate only these image names (for example a model's validation fold)")
@@ -352,7 +351,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     from .training.finetune import FINETUNE_DEFAULTS as D
 
     p = sub.add_parser("finetune", help="fine-tune a model on your own labelled CT; saves a new model version")
-    p.add_argument("--base", default=None, help="model to start from (default miniseg-covid); it is never modified")
+    p.add_argument("--base", default=None, help=f"model to start from (default {DEFAULT_MODEL}); it is never modified")
     p.add_argument("--name", required=True, help="id of the new model (saved in the user model store)")
     p.add_argument("--images", type=Path, help="folder of 8-bit lung-cropped slices (with --masks)")
     p.add_argument("--masks", type=Path)

@@ -25,7 +25,7 @@ def montage_slices(infection_per_slice: np.ndarray, lung_per_slice: np.ndarray, 
     picks = set(with_lung[np.linspace(0, with_lung.size - 1, count + 2)[1:-1].round().astype(int)].tolist())
     if infection_per_slice.any():
         picks.add(int(infection_per_slice.argmax()))
-    return sorted(picks)[:count] if len(picks) > count else sorted(picks)
+    return sorted(picks)[:count]
 
 
 def render_slice(hu: np.ndarray, infection: np.ndarray, lungs: np.ndarray) -> np.ndarray:
