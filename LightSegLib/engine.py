@@ -22,7 +22,7 @@ from .io import INFECTION, LUNG
 from .lungs import LungMask, lung_mask
 from .models.fold import fold_batchnorm
 from .network import forward_probability, predict_image
-from .preprocess import crop_affines, lung_boxes, resample, window_to_unit
+from .preprocess import crop_affines, lung_boxes, resample, restrict_to_window, window_to_unit
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
@@ -108,11 +108,15 @@ class Segmenter:
             hu_batch = torch.from_numpy(np.ascontiguousarray(hu[z], dtype=np.float32))[:, None].to(self.device)
             x01 = resample(window_to_unit(hu_batch, self.card.hu_window), to_crop[batch], self.spec.size, "border")
             prob_small = self._forward(x01)
-            prob = resample(prob_small[:, None], to_slice[batch], (height, width))[:, 0].clamp_(0, 1).cpu().numpy()
-            lung = lungs.lungs[z]
-            labels_c[z] = np.where(lung, np.where(prob >= THRESHOLD, INFECTION, LUNG), 0)
+            # back onto the slices only inside the batch's union of crop boxes, which holds all of their lung
+            boxes = crops.boxes[batch]
+            y0, y1, x0, x1 = (int(v) for v in (boxes[:, 0].min(), boxes[:, 1].max(), boxes[:, 2].min(), boxes[:, 3].max()))
+            theta = restrict_to_window(to_slice[batch], (y0, y1, x0, x1), height, width)
+            prob = resample(prob_small[:, None], theta, (y1 - y0, x1 - x0))[:, 0].clamp_(0, 1).cpu().numpy()
+            window = (z, slice(y0, y1), slice(x0, x1))
+            labels_c[window] = np.where(lungs.lungs[window], np.where(prob >= THRESHOLD, INFECTION, LUNG), 0)
             if prob_c is not None:
-                prob_c[z] = prob
+                prob_c[window] = prob
             if progress is not None:
                 progress(min(start + self.batch_size, total), total)
         timings["inference"] = time.perf_counter() - tic

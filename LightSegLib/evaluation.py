@@ -49,16 +49,16 @@ def infected_area_per_slice(result: Segmentation, image: sitk.Image) -> tuple[np
     assert result.view is not None
     labels_c = result.view.to_canonical(sitk.GetArrayViewFromImage(result.labels))
     area = (labels_c == INFECTION).sum(axis=(1, 2)) * result.view.spacing[1] * result.view.spacing[2]
-    # physical z of each canonical slice: LPS z of the centre voxel moved along the canonical S axis
-    centre = np.array(sitk.GetArrayViewFromImage(image).shape) // 2
-    positions = []
-    for z in range(labels_c.shape[0]):
-        index_kji = centre.copy()
-        axis = result.view.axes[0]
-        index_kji[axis] = labels_c.shape[0] - 1 - z if result.view.flips[0] else z
-        point = image.TransformIndexToPhysicalPoint([int(i) for i in index_kji[::-1]])
-        positions.append(point[2])
-    return area, np.array(positions)
+    # physical z of each canonical slice: the centre voxel's LPS z, stepped along the canonical S axis by the
+    # direction-scaled index step (one affine step, no per-slice lookups)
+    axis = result.view.axes[0]  # numpy axis; SimpleITK index axis 2 - axis
+    index = np.array(sitk.GetArrayViewFromImage(image).shape)[::-1] // 2
+    index[2 - axis] = 0
+    first = np.array(image.TransformIndexToPhysicalPoint([int(i) for i in index]))
+    step = np.array(image.GetDirection()).reshape(3, 3)[:, 2 - axis] * image.GetSpacing()[2 - axis]
+    count = labels_c.shape[0]
+    along = np.arange(count)[::-1] if result.view.flips[0] else np.arange(count)
+    return area, first[2] + along * step[2]
 
 
 def slice_level_agreement(area_mm2: np.ndarray, positions: np.ndarray, locations: np.ndarray,

@@ -9,10 +9,10 @@ Both directions are numpy views, so writing into a canonical view writes into th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import permutations
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.optimize import linear_sum_assignment
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,10 @@ class AxialView:
     def of(cls, image: sitk.Image) -> "AxialView":
         direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)  # columns: index axes i, j, k
         # Pair each index axis with the patient axis it is closest to (a permutation, also for oblique scans).
-        index_axes, patient_axes = linear_sum_assignment(-np.abs(direction.T))
-        patient_of_index = dict(zip(index_axes.tolist(), patient_axes.tolist()))
+        # Only 6 permutations: trying them all is cheaper than importing an assignment solver.
+        weight = np.abs(direction)  # weight[patient axis, index axis]
+        best = max(permutations(range(3)), key=lambda p: sum(weight[p[i], i] for i in range(3)))
+        patient_of_index = dict(enumerate(best))
         axes, flips, spacing = [0, 0, 0], [False] * 3, [0.0] * 3
         for index_axis, patient_axis in patient_of_index.items():
             canonical = 2 - patient_axis  # L (x) -> 2, P (y) -> 1, S (z) -> 0

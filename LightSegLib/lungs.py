@@ -42,14 +42,47 @@ class LungMask:
         return self.sides > 0
 
 
-_CROSS = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)  # in-plane neighbours only
-_SQUARE = np.ones((1, 3, 3), bool)
-_IN_SLICE = np.pad(_CROSS, ((1, 1), (0, 0), (0, 0)))  # 3x3x3, neighbours within the slice only (for labelling)
+_IN_SLICE = np.zeros((3, 3, 3), bool)  # neighbours within the slice only (4-connected), for labelling
+_IN_SLICE[1, 1, :] = _IN_SLICE[1, :, 1] = True
+_LINES = ((0, 1), (1, 0), (1, 1), (1, -1))  # in-plane directions of the four segments that make an octagon
+CHUNK_SLICES = 48  # slices closed at a time: bounds the temporaries on long scans
 
 
-def _octagon_steps(radius: float) -> list[np.ndarray]:
-    """Alternating cross and square steps: their combined dilation is an octagon close to a disk of ``radius``."""
-    return [_CROSS if i % 2 == 0 else _SQUARE for i in range(max(1, int(round(radius))))]
+def _octagon_halves(radius: float) -> tuple[int, int]:
+    """Half-lengths of the axial and diagonal segments whose Minkowski sum is a regular octagon of ``radius``.
+
+    With axial half-length a and diagonal half-length b the octagon reaches a + 2b along the axes and
+    sqrt(2) (a + b) along the diagonals; both equal to the radius gives b = 0.293 r, and a = r - 2b.
+    """
+    diagonal = int(round((1 - np.sqrt(0.5)) * radius))
+    return max(int(round(radius)) - 2 * diagonal, 0), diagonal
+
+
+def _shifted(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``x`` moved by (dy, dx) within each slice, zero-filled."""
+    out = np.zeros_like(x)
+    h, w = x.shape[1:]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        x[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def _dilate_octagon(x: np.ndarray, radius: float) -> np.ndarray:
+    """In-slice dilation by an octagon, as four segment dilations, each by doubling shifts (a few array ops)."""
+    axial, diagonal = _octagon_halves(radius)
+    for (dy, dx), half in zip(_LINES, (axial, axial, diagonal, diagonal)):
+        for sign in (1, -1):
+            reach = 0
+            while reach < half:
+                step = min(reach + 1, half - reach)
+                x = x | _shifted(x, sign * step * dy, sign * step * dx)
+                reach += step
+    return x
+
+
+def _close_octagon(x: np.ndarray, radius: float) -> np.ndarray:
+    """In-slice closing by an octagon; the erosion is the complement's dilation (outside the array counts as set)."""
+    return ~_dilate_octagon(~_dilate_octagon(x, radius), radius)
 
 
 def _close_slices(mask: np.ndarray, hu: np.ndarray, radius: float, reach: float, max_small_hole: int) -> np.ndarray:
@@ -65,19 +98,18 @@ def _close_slices(mask: np.ndarray, hu: np.ndarray, radius: float, reach: float,
         return result
     pad = int(np.ceil(radius)) + 2
     box = _bounding_box(mask, pad)
-    inside = mask[box]
-    region = np.pad(inside, ((0, 0), (pad, pad), (pad, pad)))
-    steps = _octagon_steps(radius)
-    for step in steps:
-        region = ndimage.binary_dilation(region, step)
-    for step in steps:
-        region = ndimage.binary_erosion(region, step, border_value=1)
-    region = region[:, pad:-pad, pad:-pad]
-    near = np.pad(inside, ((0, 0), (pad, pad), (pad, pad)))
-    for step in _octagon_steps(reach):
-        near = ndimage.binary_dilation(near, step)
-    hu_box = hu[box]
-    closed = inside | (region & (near[:, pad:-pad, pad:-pad] | (hu_box < GGO_MAX_HU)))
+    for start in range(box[0].start, box[0].stop, CHUNK_SLICES):
+        chunk = (slice(start, min(start + CHUNK_SLICES, box[0].stop)), box[1], box[2])
+        result[chunk] = _close_chunk(mask[chunk], hu[chunk], radius, reach, max_small_hole, pad)
+    return result
+
+
+def _close_chunk(inside: np.ndarray, hu_box: np.ndarray, radius: float, reach: float, max_small_hole: int,
+                 pad: int) -> np.ndarray:
+    padded = np.pad(inside, ((0, 0), (pad, pad), (pad, pad)))
+    region = _close_octagon(padded, radius)[:, pad:-pad, pad:-pad]
+    near = _dilate_octagon(padded, reach)[:, pad:-pad, pad:-pad]
+    closed = inside | (region & (near | (hu_box < GGO_MAX_HU)))
     # holes: background components of a slice that do not reach the slice's edge (one labelling pass; an iterative
     # fill over the whole box grew faster than the slice count)
     labels, count = ndimage.label(~closed, structure=_IN_SLICE)
@@ -92,8 +124,7 @@ def _close_slices(mask: np.ndarray, hu: np.ndarray, radius: float, reach: float,
         mean_hu = ndimage.mean(hu_box, labels, index)
         keep = np.concatenate([[False], (sizes <= max_small_hole) | (mean_hu < SOLID_MIN_HU)]) & is_hole
         closed |= keep[labels]
-    result[box] = closed
-    return result
+    return closed
 
 
 def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
@@ -110,11 +141,13 @@ def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
 
 def _outside_air(air: np.ndarray) -> np.ndarray:
     """Air components touching the in-plane borders of any slice (the room, the table, outside the body)."""
-    labels, _ = ndimage.label(air)
+    labels, count = ndimage.label(air)
     border = np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
                              labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
-    outside_ids = np.unique(border[border > 0])
-    return np.isin(labels, outside_ids)
+    is_outside = np.zeros(count + 1, bool)  # a lookup table by label is much faster than np.isin here
+    is_outside[border] = True
+    is_outside[0] = False
+    return is_outside[labels]
 
 
 def _largest_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -122,9 +155,9 @@ def _largest_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     labels, n = ndimage.label(mask)
     if n == 0:
         return mask
-    sizes = np.bincount(labels.ravel())[1:]
-    keep = np.flatnonzero((sizes >= min_voxels) & (sizes >= 0.1 * sizes.max())) + 1
-    return np.isin(labels, keep)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ((sizes >= min_voxels) & (sizes >= 0.1 * sizes.max()))[labels]
 
 
 def _split_sides(lungs: np.ndarray, min_voxels: int) -> np.ndarray:

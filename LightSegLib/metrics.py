@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import rankdata
 
 N_LEVELS = 256
 
@@ -102,6 +101,8 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     positives, negatives = scores[labels], scores[~labels]
     if positives.size == 0 or negatives.size == 0:
         return float("nan")
+    from scipy.stats import rankdata  # imported here: scipy.stats adds about 0.4 s to every command's start-up
+
     ranks = rankdata(np.concatenate([positives, negatives]))
     u = ranks[: positives.size].sum() - positives.size * (positives.size + 1) / 2
     return float(u / (positives.size * negatives.size))

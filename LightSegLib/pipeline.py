@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,18 @@ def _write_probabilities(path: Path, probabilities: np.ndarray, reference: sitk.
 
 
 def segment_file(request: SegmentRequest, progress: Progress | None = None, cancel: Cancel | None = None,
-                 segmenter: Segmenter | None = None) -> SegmentOutcome:
-    """Validate, read, segment and write; raises ``LightSegError`` with one line for any bad input."""
+                 segmenter: Segmenter | None = None, read_ahead: Future[io.LoadedImage] | None = None
+                 ) -> SegmentOutcome:
+    """Validate, read, segment and write; raises ``LightSegError`` with one line for any bad input.
+
+    ``read_ahead`` is the input already being read (see ``commands/segment.py``); "read" is then the time spent
+    waiting for it.
+    """
     start = time.perf_counter()
     check_outputs(request)
     segmenter = segmenter or Segmenter(registry.resolve(request.model), request.device, request.batch_size)
     tic = time.perf_counter()
-    loaded = io.read_image(request.input)
+    loaded = read_ahead.result() if read_ahead is not None else io.read_image(request.input)
     read_seconds = time.perf_counter() - tic
     if loaded.is_2d and io.suffix_of(request.output) == ".seg.nrrd":
         raise LightSegError(".seg.nrrd output is for volumes; use .png for a 2D slice", request.output)

@@ -65,6 +65,20 @@ def crop_affines(boxes: np.ndarray, height: int, width: int) -> tuple[torch.Tens
     return to_crop.float(), to_slice.float()
 
 
+def restrict_to_window(theta: torch.Tensor, window: tuple[int, int, int, int], height: int, width: int
+                       ) -> torch.Tensor:
+    """Slice -> crop thetas re-expressed for an output grid covering only ``window`` = [y0, y1, x0, x1) of the slice."""
+    y0, y1, x0, x1 = window
+    scale_x, shift_x = (x1 - x0) / width, (x0 + x1) / width - 1
+    scale_y, shift_y = (y1 - y0) / height, (y0 + y1) / height - 1
+    out = theta.clone()  # the thetas are axis-aligned: theta[:, 0, 1] = theta[:, 1, 0] = 0
+    out[:, 0, 0] = theta[:, 0, 0] * scale_x
+    out[:, 0, 2] = theta[:, 0, 0] * shift_x + theta[:, 0, 2]
+    out[:, 1, 1] = theta[:, 1, 1] * scale_y
+    out[:, 1, 2] = theta[:, 1, 1] * shift_y + theta[:, 1, 2]
+    return out
+
+
 def resample(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], padding: str = "zeros") -> torch.Tensor:
     """Bilinear resampling of (N, C, H, W) through per-sample affines onto an output grid of ``size``."""
     grid = F.affine_grid(theta.to(x.device, x.dtype), [x.shape[0], x.shape[1], *size], align_corners=False)

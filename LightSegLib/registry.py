@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cards import ModelCard
+from .defaults import DEFAULT_MODEL
 from .errors import LightSegError
 
-DEFAULT_MODEL = "miniseg-covid"
+__all__ = ["DEFAULT_MODEL", "ModelEntry", "bundled_dir", "list_models", "remove_user_model", "resolve", "user_dir"]
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -21,18 +21,18 @@ def volume_measurements(result: Segmentation) -> dict[str, Any]:
     """Infection and lung volumes in mL, per lung and in total, from a volume segmentation."""
     assert result.view is not None and result.lungs is not None
     labels_c = result.view.to_canonical(sitk.GetArrayViewFromImage(result.labels))
-    infected = (labels_c == INFECTION).astype(np.uint8)
-    # one pass: code = side * 2 + infected, counted with bincount
-    counts = np.bincount((result.lungs.sides.astype(np.uint8) * 2 + infected).ravel(), minlength=6)
+    infected = labels_c == INFECTION
     ml = result.view.voxel_volume_mm3 / 1000
     lungs = {}
+    # boolean masks and count_nonzero: bincount would widen every voxel to int64 (8 bytes a voxel on long scans)
     for name, side in (("right", RIGHT), ("left", LEFT)):
-        volume = (counts[2 * side] + counts[2 * side + 1]) * ml
-        infection = counts[2 * side + 1] * ml
+        in_side = result.lungs.sides == side
+        volume = np.count_nonzero(in_side) * ml
+        infection = np.count_nonzero(in_side & infected) * ml
         lungs[name] = {"volume_ml": round(volume, 1), "infection_ml": round(infection, 1),
                        "percent_involved": _percent(infection, volume)}
     total_lung = lungs["right"]["volume_ml"] + lungs["left"]["volume_ml"]
-    infection_ml = float(infected.sum()) * ml
+    infection_ml = float(np.count_nonzero(infected)) * ml
     return {
         "infection_ml": round(infection_ml, 1),
         "lung_volume_ml": round(total_lung, 1),

@@ -91,3 +91,18 @@ def test_optimised_engine_matches_the_eager_reference(untrained_card, sample):
     assert np.abs(p_fast - p_ref).max() < 1e-4
     overlap = 2 * (labels_fast & labels_ref).sum() / max(labels_fast.sum() + labels_ref.sum(), 1)
     assert overlap > 0.99
+
+
+def test_resampling_back_inside_a_window_equals_the_full_slice_there():
+    """The engine maps probabilities back only inside the batch's union of crop boxes; same values as a full slice."""
+    import torch
+
+    from LightSegLib.preprocess import crop_affines, resample, restrict_to_window
+
+    boxes = np.array([[100, 400, 60, 300], [120, 380, 250, 470]])
+    _, to_slice = crop_affines(boxes, 512, 480)
+    small = torch.rand(2, 1, 96, 96, generator=torch.Generator().manual_seed(0))
+    full = resample(small, to_slice, (512, 480))
+    window = (100, 400, 60, 470)
+    part = resample(small, restrict_to_window(to_slice, window, 512, 480), (300, 410))
+    assert torch.allclose(part, full[:, :, 100:400, 60:470], atol=1e-4)  # float32 grid rounding

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
+import torch
 
 from conftest import P001_DICOM, SAMPLE, SEMISEG, run_cli
 from LightSegLib.cards import ModelCard, sha256_of
@@ -56,6 +57,8 @@ def test_finetune_on_ct_and_seg_nrrd_makes_a_new_user_model(seg_site, untrained_
     assert site["volumes"] == 1 and site["slices_with_infection"] == 30
     assert "parent_on_same_slices" in card.validation and card.validation["kept"]["images"] == site["held_out_slices"]
     assert str(volumes) not in json.dumps(card.to_json())  # counts only: no file or folder names
+    assert card.training["reference_slices"] == {"source": "bundled sample CT", "count": 32}
+    assert card.training["hyperparameters"]["reference_weight"] == 1.0
     assert _fingerprint(untrained_card) == before  # the base is byte-identical
 
     listed = json.loads(run_cli("models", "--json").stdout)
@@ -146,3 +149,28 @@ def test_bundled_models_cannot_be_removed_or_shadowed(tmp_path):
     assert run_cli("models", "--remove", "miniseg-covid").returncode == 2
     result = run_cli("finetune", "--name", "miniseg-covid", "--images", tmp_path, "--masks", tmp_path)
     assert result.returncode == 2 and "bundled model" in result.stderr
+
+
+@pytest.mark.parametrize("activation, classes", [("sigmoid", 1), ("softmax", 2)])
+def test_distillation_loss_is_smallest_at_the_teachers_output(activation, classes):
+    """The reference term pulls the new model's probabilities towards the base model's, for both output kinds."""
+    from LightSegLib.network import InputSpec
+    from LightSegLib.training.loop import distillation_loss
+
+    spec = InputSpec([0.5], [0.2], activation, 0 if activation == "sigmoid" else 1)
+    teacher = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.98 + 0.01
+    teacher_logit = torch.logit(teacher)
+    logits = teacher_logit if classes == 1 else torch.cat([torch.zeros_like(teacher_logit), teacher_logit], 1)
+    at_teacher = distillation_loss(logits, teacher, spec)
+    for shift in (-1.0, 1.0):
+        assert distillation_loss(logits + shift * (torch.arange(classes).view(1, -1, 1, 1) == classes - 1),
+                                 teacher, spec) > at_teacher
+
+
+def test_reference_inputs_come_from_the_sample_in_the_models_domain(untrained_card):
+    from LightSegLib.training.reference import reference_inputs
+
+    inputs = reference_inputs(untrained_card)
+    assert inputs.shape == (32, 1, *untrained_card.input_size)
+    assert 0 <= inputs.min() and inputs.max() <= 1
+    assert 0.2 < inputs.mean() < 0.7  # windowed lung crops, not air or clipped bone

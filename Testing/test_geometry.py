@@ -45,3 +45,25 @@ def test_oblique_direction_picks_the_closest_axes():
     rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
     image.SetDirection(rotation.ravel().tolist())
     assert AxialView.of(image).is_identity
+
+
+@pytest.mark.parametrize("order, flips", [((0, 1, 2), (False, False, False)), ((2, 0, 1), (True, False, False)),
+                                          ((1, 2, 0), (False, True, True))])
+def test_slice_positions_follow_the_canonical_superior_axis(order, flips):
+    """Each canonical slice's physical z (for slice-level labels) equals a per-slice index-to-point lookup."""
+    from LightSegLib.engine import Segmentation
+    from LightSegLib.evaluation import infected_area_per_slice
+
+    stored = sitk.Flip(sitk.PermuteAxes(_image(), order), flips)
+    view = AxialView.of(stored)
+    labels = sitk.Image(stored.GetSize(), sitk.sitkUInt8)
+    labels.CopyInformation(stored)
+    _, positions = infected_area_per_slice(Segmentation(labels, view, None, 0, 0), stored)
+    shape = sitk.GetArrayViewFromImage(stored).shape
+    expected = []
+    for z in range(len(positions)):  # the slow way: one physical-point lookup per canonical slice
+        index_kji = [s // 2 for s in shape]
+        index_kji[view.axes[0]] = shape[view.axes[0]] - 1 - z if view.flips[0] else z
+        expected.append(stored.TransformIndexToPhysicalPoint(index_kji[::-1])[2])
+    assert np.allclose(positions, expected)
+    assert np.all(np.diff(positions) > 0)  # canonical slices run from the feet to the head

@@ -69,3 +69,20 @@ def test_crop_boxes_cover_the_lungs(p001_lungs):
     assert len(crops.slices) == mask.lungs.any(axis=(1, 2)).sum()
     for z, (y0, y1, x0, x1) in zip(crops.slices, crops.boxes):
         assert mask.lungs[z, y0:y1, x0:x1].sum() == mask.lungs[z].sum()
+
+
+@pytest.mark.parametrize("radius", [5.3, 13.3])
+def test_octagon_closing_is_close_to_a_disk(radius):
+    """The four-segment octagon used for closing lies between the disks of radius r - 1.5 and r + 1, area within 10 %."""
+    from LightSegLib.lungs import _dilate_octagon
+
+    size = 41
+    point = np.zeros((1, size, size), bool)
+    point[0, size // 2, size // 2] = True
+    octagon = _dilate_octagon(point, radius)[0]
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    distance = np.hypot(yy, xx)
+    assert octagon[distance <= radius - 1.5].all()
+    assert not octagon[distance > radius + 1].any()
+    assert abs(octagon.sum() / (np.pi * radius**2) - 1) < 0.1
+    assert (octagon == octagon[::-1]).all() and (octagon == octagon.T).all()  # symmetric

@@ -57,6 +57,13 @@ def test_train_refuses_to_overwrite_and_rejects_bad_folders(few_slices, tmp_path
     result = run_cli("train", "--images", tmp_path / "nope", "--masks", few_slices / "masks", "--name", "x",
                      "-o", out)
     assert result.returncode == 2 and "nope: not a folder" in result.stderr
+    result = run_cli("train", "--arch", "unet9000", "--images", few_slices / "images", "--masks",
+                     few_slices / "masks", "--name", "x", "-o", out)
+    assert result.returncode == 2 and "unknown architecture 'unet9000'" in result.stderr
+    result = run_cli("train", "--arch", "malunet", "--input-size", "100", "--images", few_slices / "images",
+                     "--masks", few_slices / "masks", "--name", "x", "-o", out)
+    assert result.returncode == 2 and "multiple of 32 for malunet" in result.stderr
+    assert not (out / "x.json").exists()
 
 
 def test_train_from_a_ct_volume_and_a_seg_nrrd_label(sample, tmp_path):
@@ -115,3 +122,13 @@ def test_augmentation_keeps_images_and_targets_aligned():
     assert torch.allclose(out_image, out_target, atol=1e-5)
     assert out_image.min() >= 0 and out_image.max() <= 1
     assert not torch.equal(out_image, image)
+
+
+def test_time_budget_anneals_the_learning_rate():
+    """Under --minutes the poly schedule follows elapsed time when that is further along than the steps."""
+    from LightSegLib.training.loop import _progress
+
+    assert _progress(10, 100, 30.0, None) == 0.1
+    assert _progress(10, 100, 30.0, 1.0) == 0.5  # half the minute spent, a tenth of the steps done
+    assert _progress(90, 100, 6.0, 1.0) == 0.9
+    assert _progress(10, 100, 120.0, 1.0) == 1.0

@@ -163,6 +163,18 @@ class DeepestStage(nn.Module):
         return self.act(self.norm(self.proj(x)))
 
 
+def encode_levels(levels: nn.ModuleList, fusions: nn.ModuleList, x: torch.Tensor) -> list[torch.Tensor]:
+    """The two-path encoder: each level's main-path output, the paths fused between levels."""
+    x_long = x_main = x
+    mains = []
+    for i, level in enumerate(levels):
+        long, main = level(x_long, x_main)
+        mains.append(main)
+        if i < len(fusions):
+            x_long, x_main = fusions[i](long, main)
+    return mains
+
+
 def _resize(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
@@ -172,6 +184,7 @@ class MiniSeg(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 2, aux: bool = False) -> None:
         super().__init__()
+        self.config = {"in_channels": in_channels, "num_classes": num_classes, "aux": aux}
         widths_in = (in_channels,) + WIDTHS[:-1]
         self.enc = nn.ModuleList(
             EncoderLevel(cin, cout, n, m, first=(i == 0))
@@ -186,13 +199,7 @@ class MiniSeg(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         size = x.shape[-2:]
-        x_long = x_main = x
-        mains = []
-        for i, level in enumerate(self.enc):
-            long, main = level(x_long, x_main)
-            mains.append(main)
-            if i < len(self.fuse):
-                x_long, x_main = self.fuse[i](long, main)
+        mains = encode_levels(self.enc, self.fuse, x)
         deeper = self.dec4(mains[3])
         upsampled = {}
         for i in (2, 1, 0):

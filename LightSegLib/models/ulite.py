@@ -82,6 +82,7 @@ class ULite(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 1) -> None:
         super().__init__()
+        self.config = {"in_channels": in_channels, "num_classes": num_classes}
         self.stem = nn.Conv2d(in_channels, WIDTHS[0], 7, padding=3)
         self.enc = nn.ModuleList(EncoderBlock(WIDTHS[i], WIDTHS[i + 1]) for i in range(5))
         self.bottleneck = Bottleneck(WIDTHS[5])

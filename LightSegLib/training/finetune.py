@@ -17,16 +17,17 @@ from typing import Callable
 import torch
 
 from ..cards import ModelCard, load_network, save_model
+from ..defaults import FINETUNE_DEFAULTS
 from ..errors import LightSegError
 from ..models import build_model
 from ..registry import user_dir
 from .loop import EpochRecord, TrainConfig, TrainResult, train
 from .recipe import inference_state
+from .reference import reference_inputs, teacher_probabilities
 from .slices import SliceSet, keep_clear_slices_in_proportion, load_image_folders, split_fold, volume_slices
 
 MIN_INFECTED_SLICES = 4
 MAX_CLEAR_FRACTION = 0.25  # slices without infection kept, as a share of the fine-tune set
-FINETUNE_DEFAULTS = {"lr": 3e-4, "epochs": 40, "patience": 10, "batch_size": 4, "val_fraction": 0.3, "anchor": 0.0}
 
 
 @dataclass
@@ -95,11 +96,17 @@ def run_finetune(request: FinetuneRequest, cfg: TrainConfig, command: list[str],
 
     # Fine-tuning uses the main head only: freshly initialised auxiliary heads would disturb a trained decoder.
     inference_config = dict(base.arch_config)
-    if base.architecture == "miniseg":
+    if "aux" in inference_config:
         inference_config["aux"] = False
     model = build_model(base.architecture, inference_config)
     model.load_state_dict(inference_state(load_network(base).state_dict(), base.architecture), strict=True)
-    result = train(model, spec, train_set, val_set, cfg, on_epoch=on_epoch, should_stop=should_stop)
+    reference = None
+    if cfg.reference_weight:
+        inputs = reference_inputs(base)
+        if inputs is not None:
+            reference = (inputs, teacher_probabilities(model, base, inputs))
+    result = train(model, spec, train_set, val_set, cfg, on_epoch=on_epoch, should_stop=should_stop,
+                   reference=reference)
     parent_val = result.initial_val
     inference_model = build_model(base.architecture, inference_config)
     inference_model.load_state_dict(result.best_state, strict=True)
@@ -117,6 +124,7 @@ def run_finetune(request: FinetuneRequest, cfg: TrainConfig, command: list[str],
             "site_data": {**request.site.summary, "finetune_slices": len(train_set), "held_out_slices": len(val_set),
                           "finetune_slices_with_infection": sum(bool(t.any()) for t in train_set.targets)},
             "hyperparameters": {k: v for k, v in asdict(cfg).items() if k != "device"},
+            "reference_slices": {"source": "bundled sample CT", "count": len(reference[0])} if reference else None,
             "stopped": result.stopped, "epochs_run": len(result.history), "best_epoch": result.best_epoch,
             "seconds": round(result.seconds, 1), "device": cfg.device, "machine": platform.machine(),
             "torch": torch.__version__, "history": result.history_dicts(),

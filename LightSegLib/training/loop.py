@@ -35,6 +35,7 @@ class TrainConfig:
     patience: int | None = None
     freeze_batchnorm: bool = False
     anchor_weight: float = 0.0  # L2-SP: pull the weights towards the starting ones (fine-tuning without forgetting)
+    reference_weight: float = 0.0  # keep the starting model's outputs on reference slices (learning without forgetting)
     device: str = "cpu"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -92,6 +93,14 @@ def segmentation_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, s
     return total
 
 
+def distillation_loss(logits: torch.Tensor, teacher: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Cross-entropy of the network's infection probability against a teacher's (B,1,H,W) probabilities."""
+    logits = logits.float()
+    if spec.activation == "sigmoid":
+        return F.binary_cross_entropy_with_logits(logits[:, :1], teacher)
+    return F.cross_entropy(logits, torch.cat([1 - teacher, teacher], 1))
+
+
 def predict_images(model: nn.Module, spec: InputSpec, images: list[np.ndarray], device: torch.device
                    ) -> list[np.ndarray]:
     """Infection probability of each [0, 1] image at its own size, with the model in eval mode."""
@@ -113,6 +122,17 @@ def evaluate_set(model: nn.Module, spec: InputSpec, data: SliceSet, device: torc
     }
 
 
+def _progress(step: int, total_steps: int, seconds: float, minutes: float | None) -> float:
+    """Fraction of the run done, by steps or, under a time budget, by time if that is further along.
+
+    The poly learning rate follows it, so a run cut short by ``--minutes`` still ends with its rate annealed.
+    """
+    done = step / total_steps
+    if minutes:
+        done = max(done, seconds / (minutes * 60))
+    return min(done, 1.0)
+
+
 def _set_batchnorm_eval(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -121,8 +141,12 @@ def _set_batchnorm_eval(model: nn.Module) -> None:
 
 def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: SliceSet | None, cfg: TrainConfig,
           on_epoch: Callable[[EpochRecord], None] | None = None,
-          should_stop: Callable[[], bool] | None = None) -> TrainResult:
+          should_stop: Callable[[], bool] | None = None,
+          reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainResult:
     """Train ``model`` in place; returns the state with the best validation Inf-Net Dice (or the last one).
+
+    ``reference`` is (inputs, teacher probabilities): with ``cfg.reference_weight`` each step also fits a batch of
+    them, so the model keeps the teacher's behaviour there.
 
     Stops early, after validating the current partial epoch, when ``should_stop()`` turns true ("stop requested") or
     the time budget ``cfg.minutes`` is spent ("time budget"), both checked after every step.
@@ -133,6 +157,10 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
     model.to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     images, targets = (t.to(device) for t in train_set.as_tensors(cfg.input_size))
+    if reference is not None and cfg.reference_weight:
+        reference_x, reference_p = (t.to(device) for t in reference)
+    else:
+        reference_x = reference_p = None
     weights = class_weights(train_set.infection_fraction()).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     anchors = [p.detach().clone() for p in model.parameters()] if cfg.anchor_weight else []
@@ -159,12 +187,17 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
             if len(idx) < 2 and not cfg.freeze_batchnorm:
                 continue  # BatchNorm cannot train on a batch of one
             x, y = augment(images[idx], targets[idx], cfg.augment, gen)
-            lr = cfg.lr * (1 - step / total_steps) ** 0.9
+            lr = cfg.lr * (1 - _progress(step, total_steps, time.monotonic() - start, cfg.minutes)) ** 0.9
             for group in optimiser.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, enabled=use_amp):
                 outputs = model(normalise_input(x, spec.mean, spec.std))
             loss = segmentation_loss(outputs, y, spec, weights, cfg.dice_weight)
+            if reference_x is not None:
+                pick = torch.randint(len(reference_x), (cfg.batch_size,), generator=gen, device=device)
+                with torch.autocast(device.type, enabled=use_amp):
+                    reference_logits = model(normalise_input(reference_x[pick], spec.mean, spec.std))[0]
+                loss = loss + cfg.reference_weight * distillation_loss(reference_logits, reference_p[pick], spec)
             if anchors:
                 loss = loss + cfg.anchor_weight / 2 * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(),
                                                                                                 anchors))

@@ -19,10 +19,22 @@ from ..network import InputSpec
 from .loop import EpochRecord, TrainConfig, TrainResult, train
 from .slices import SliceSet, split_fold
 
+# Training recipes by ``--arch`` name: the architecture, its constructor arguments, output activation and input size.
+# Only MiniSeg keeps the official 3-channel, 2-class layout (so imported checkpoints can initialise it).
 ARCH_DEFAULTS = {
-    "miniseg": {"config": {"in_channels": 3, "num_classes": 2}, "activation": "softmax", "input_size": 288},
-    "ulite": {"config": {"in_channels": 1, "num_classes": 1}, "activation": "sigmoid", "input_size": 256},
+    "miniseg": {"architecture": "miniseg", "config": {"in_channels": 3, "num_classes": 2}, "activation": "softmax",
+                "input_size": 288},
+    "ulite": {"architecture": "ulite", "config": {"in_channels": 1, "num_classes": 1}, "activation": "sigmoid",
+              "input_size": 256},
+    "malunet": {"architecture": "malunet", "config": {"in_channels": 1, "num_classes": 1}, "activation": "sigmoid",
+                "input_size": 288},
+    "unetv2": {"architecture": "unetv2", "config": {"in_channels": 1, "num_classes": 1, "encoder": "pvtv2_b2",
+                                                    "head_channels": 32}, "activation": "sigmoid", "input_size": 288},
+    "unetv2-lite": {"architecture": "unetv2", "config": {"in_channels": 1, "num_classes": 1, "encoder": "miniseg",
+                                                         "head_channels": 8}, "activation": "sigmoid",
+                    "input_size": 288},
 }
+DEEP_SUPERVISED = {"miniseg", "unetv2"}  # architectures with auxiliary outputs for training (config "aux")
 LICENCE_OWN = "Apache-2.0 (weights trained by LightSeg on COVID-SemiSeg; see the data licences in the card)"
 
 
@@ -44,23 +56,24 @@ class TrainRequest:
     extra_card: dict = field(default_factory=dict)
 
 
-def inference_state(state: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+def inference_state(state: dict[str, torch.Tensor], architecture: str) -> dict[str, torch.Tensor]:
     """Drop MiniSeg's auxiliary training heads (heads.1-3); inference uses the main head only."""
-    if arch != "miniseg":
+    if architecture != "miniseg":
         return state
     return {k: v for k, v in state.items() if not (k.startswith("heads.") and not k.startswith("heads.0."))}
 
 
 def _training_network(arch: str, init: ModelCard | None) -> torch.nn.Module:
+    architecture = ARCH_DEFAULTS[arch]["architecture"]
     config = dict(ARCH_DEFAULTS[arch]["config"])
-    if arch == "miniseg":
+    if architecture in DEEP_SUPERVISED:
         config["aux"] = True
     if init is not None:
+        if init.architecture != architecture:
+            raise LightSegError(f"initial model is a {init.architecture}, not a {architecture}", init.path)
         config.update({k: v for k, v in init.arch_config.items() if k != "aux"})
-    model = build_model(arch, config)
+    model = build_model(architecture, config)
     if init is not None:
-        if init.architecture != arch:
-            raise LightSegError(f"initial model is a {init.architecture}, not a {arch}", init.path)
         missing, unexpected = model.load_state_dict(load_network(init).state_dict(), strict=False)
         if unexpected or any(not k.startswith("heads.") for k in missing):
             raise LightSegError("initial model's weights do not fit the architecture", init.path)
@@ -81,17 +94,18 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
         mean, std = (list(v) for v in zip(*[train_set.intensity_stats()] * channels))
     activation = ARCH_DEFAULTS[request.arch]["activation"]
     spec = InputSpec(mean, std, activation, 1 if activation == "softmax" else 0, (cfg.input_size, cfg.input_size))
+    architecture = ARCH_DEFAULTS[request.arch]["architecture"]
     model = _training_network(request.arch, request.init)
     result = train(model, spec, train_set, val_set, cfg, on_epoch=on_epoch)
     state = result.best_state if request.keep == "best" else {k: v.cpu() for k, v in model.state_dict().items()}
-    inference_config = model_config(model, request.arch)
-    inference_model = build_model(request.arch, inference_config)
-    inference_model.load_state_dict(inference_state(state, request.arch), strict=True)
+    inference_config = inference_arch_config(model)
+    inference_model = build_model(architecture, inference_config)
+    inference_model.load_state_dict(inference_state(state, architecture), strict=True)
 
     card = ModelCard(
         id=request.name,
         version=request.version,
-        architecture=request.arch,
+        architecture=architecture,
         arch_config=inference_config,
         input_size=[cfg.input_size, cfg.input_size],
         normalisation={"mean": mean, "std": std},
@@ -135,12 +149,12 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
     return path, result
 
 
-def model_config(model: torch.nn.Module, arch: str) -> dict:
-    """The constructor arguments of an inference copy of ``model``."""
-    if arch == "miniseg":
-        return {"in_channels": model.enc[0].main_in.conv.in_channels,
-                "num_classes": model.heads[0].conv.out_channels, "aux": False}
-    return {"in_channels": model.stem.in_channels, "num_classes": model.head.out_channels}
+def inference_arch_config(model: torch.nn.Module) -> dict:
+    """The constructor arguments of an inference copy of ``model`` (auxiliary outputs off)."""
+    config = dict(model.config)
+    if "aux" in config:
+        config["aux"] = False
+    return config
 
 
 def describe_command() -> list[str]:

@@ -1,0 +1,48 @@
+"""``lightseg segment``: segment lung infection in a CT volume, DICOM folder or 2D slice."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..defaults import DEFAULT_MODEL
+from .common import progress_bar
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("segment", help="segment lung infection in a CT volume, DICOM folder or 2D slice")
+    p.add_argument("input", type=Path, help="NIfTI, NRRD, MetaImage, DICOM folder, or PNG/JPG slice")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="label map: .nii.gz, .nrrd, .seg.nrrd or .mha (volumes), .png (slices)")
+    p.add_argument("--model", help=f"model id or card path (default {DEFAULT_MODEL})")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--probabilities", type=Path, help="also write the network's infection probability (.npy or image)")
+    p.add_argument("--report", type=Path, help="also write a JSON report (volumes, percent per lung, timings)")
+    p.add_argument("--batch-size", type=int, help="slices per network batch")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..io import read_image
+
+    # Read the input while torch is imported and the model loaded: each takes about a second, and the reader
+    # releases the GIL, so the two overlap (0.7 s saved on the P001 DICOM series).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reading = pool.submit(read_image, args.input)
+        from ..pipeline import SegmentRequest, segment_file
+        from ..report import summary_lines
+
+        request = SegmentRequest(args.input, args.output, args.model, args.device, args.probabilities, args.report,
+                                 args.force, args.batch_size)
+        update, close = progress_bar("segmenting")
+        try:
+            outcome = segment_file(request, progress=update, read_ahead=reading)
+        finally:
+            close()
+    for line in summary_lines(outcome.report):
+        print(line)
+    print(f"wrote {args.output} in {outcome.report['timings_s']['total']:.1f} s on {outcome.report['device']}")
+    return 0

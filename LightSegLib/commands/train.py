@@ -1,0 +1,94 @@
+"""``lightseg train``: train a model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import LightSegError
+from .common import load_window
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from image/mask folders")
+    p.add_argument("--arch", default="miniseg", help="miniseg (default), ulite, malunet, unetv2 or unetv2-lite")
+    p.add_argument("--images", type=Path, help="folder of 8-bit lung-cropped slices")
+    p.add_argument("--masks", type=Path, help="folder of masks with the same names (255 = infection)")
+    p.add_argument("--soft-labels", action="store_true", help="masks are soft 0-255 pseudo-labels")
+    p.add_argument("--volumes", type=Path, help="folder of CT volumes (or DICOM folders), instead of --images")
+    p.add_argument("--labels", type=Path, help="label maps (1 = infection) or .seg.nrrd with the volumes' names")
+    p.add_argument("--segment", default="Infection", help="segment name to use in .seg.nrrd labels")
+    p.add_argument("--name", required=True, help="model id, also the output file names")
+    p.add_argument("-o", "--output", type=Path, help="output folder (default: the user model store)")
+    p.add_argument("--init", help="start from this model's weights (id or card path)")
+    p.add_argument("--epochs", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--keep", choices=("best", "last"), default="best",
+                   help="keep the epoch with the best validation Inf-Net Dice, or the last epoch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, help="stop after this many minutes (after the current epoch)")
+    p.add_argument("--hu-window-from", type=Path, metavar="JSON",
+                   help="HU window for CT volumes, as measured by 'lightseg calibrate-window'")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--description", default="")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--force", action="store_true", help="overwrite an existing model of that name")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .. import registry
+    from ..devices import pick_device
+    from ..training.loop import TrainConfig
+    from ..models import SIZE_MULTIPLE
+    from ..training.recipe import ARCH_DEFAULTS, TrainRequest, describe_command, print_epoch, run_training
+    from ..training.slices import load_image_folders
+
+    if args.arch not in ARCH_DEFAULTS:
+        raise LightSegError(f"unknown architecture {args.arch!r}; choose from {', '.join(ARCH_DEFAULTS)}")
+    multiple = SIZE_MULTIPLE[ARCH_DEFAULTS[args.arch]["architecture"]]
+    if args.input_size and args.input_size % multiple:
+        raise LightSegError(f"--input-size must be a multiple of {multiple} for {args.arch}", args.input_size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output = args.output or registry.user_dir()
+    if (output / f"{args.name}.json").exists() and not args.force:
+        raise LightSegError("a model of that name exists there (use --force to replace it)", output / f"{args.name}.json")
+    init = registry.resolve(args.init) if args.init else None
+    window = load_window(args.hu_window_from) if args.hu_window_from else (init.hu_window if init else None)
+    if args.volumes or args.labels:
+        if not (args.volumes and args.labels) or args.images or args.masks:
+            raise LightSegError("give either --images and --masks, or --volumes and --labels")
+        if window is None:
+            raise LightSegError("volume training needs an HU window: --hu-window-from, or --init with a model that has one")
+        from ..io import pair_by_name
+        from ..training.slices import volume_slices
+
+        pairs = pair_by_name(args.volumes, args.labels)
+        extracted = volume_slices([v for v, _ in pairs], [lab for _, lab in pairs], window, args.segment)
+        data, description = extracted.slices, {"volumes_dir": str(args.volumes), "labels_dir": str(args.labels),
+                                               **extracted.summary}
+    elif args.images and args.masks:
+        data = load_image_folders(args.images, args.masks, soft=args.soft_labels)
+        description = {"images": str(args.images), "masks": str(args.masks), "slices": len(data),
+                       "soft_labels": args.soft_labels}
+    else:
+        raise LightSegError("give --images and --masks, or --volumes and --labels")
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      input_size=args.input_size or ARCH_DEFAULTS[args.arch]["input_size"], seed=args.seed,
+                      minutes=args.minutes, device=str(pick_device(args.device)))
+    request = TrainRequest(
+        arch=args.arch, name=args.name, output_dir=output, data=data,
+        data_description=description,
+        val_fraction=args.val_fraction, keep=args.keep, init=init,
+        hu_window=window, version=args.version, description=args.description)
+    path, result = run_training(request, cfg, describe_command(), on_epoch=print_epoch)
+    print(f"saved {path} (epoch {result.best_epoch if args.keep == 'best' else len(result.history)} kept, "
+          f"{result.stopped}, {result.seconds / 60:.1f} min)")
+    return 0

@@ -1,0 +1,44 @@
+"""Reference slices for fine-tuning without forgetting: the bundled sample CT, seen the way the base model sees CT.
+
+A site fine-tune sees only the site's scanner. To keep the base model's behaviour on the data it was built for, the
+new model's infection probabilities on these reference slices are kept close to the base model's (a distillation
+term, as in "learning without forgetting"). The slices come from the sample CT that ships with LightSeg, so no
+outside data is needed and nothing about the site is involved.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..cards import ModelCard
+from ..geometry import AxialView
+from ..io import read_image
+from ..lungs import lung_mask
+from ..network import forward_probability
+from ..preprocess import crop_affines, lung_boxes, resample, window_to_unit
+from ..sample import sample_path
+
+REFERENCE_SLICES = 32
+
+
+def reference_inputs(card: ModelCard, count: int = REFERENCE_SLICES) -> torch.Tensor | None:
+    """(N, 1, H, W) [0, 1] network inputs from evenly spaced lung slices of the sample CT; None without an HU window."""
+    if card.hu_window is None:
+        return None
+    image = read_image(sample_path()).image
+    view = AxialView.of(image)
+    hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
+    crops = lung_boxes(lung_mask(hu, view.spacing).lungs)
+    picks = np.linspace(0, len(crops.slices) - 1, min(count, len(crops.slices))).round().astype(int)
+    to_crop, _ = crop_affines(crops.boxes[picks], *hu.shape[1:])
+    slices = torch.from_numpy(np.ascontiguousarray(hu[crops.slices[picks]], dtype=np.float32))[:, None]
+    return resample(window_to_unit(slices, card.hu_window), to_crop, card.input_spec().size, "border")
+
+
+@torch.inference_mode()
+def teacher_probabilities(model: torch.nn.Module, card: ModelCard, inputs: torch.Tensor) -> torch.Tensor:
+    """The base model's (N, 1, H, W) infection probabilities on the reference inputs."""
+    model.eval()
+    return forward_probability(model, card.input_spec(), inputs)[:, None].clone()
