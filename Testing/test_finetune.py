@@ -10,6 +10,7 @@ import torch
 
 from conftest import P001_DICOM, SAMPLE, SEMISEG, run_cli
 from LightSegLib.cards import ModelCard, sha256_of
+from LightSegLib.defaults import FINETUNE_DEFAULTS
 from LightSegLib.io import ijk_to_lps
 
 
@@ -58,7 +59,7 @@ def test_finetune_on_ct_and_seg_nrrd_makes_a_new_user_model(seg_site, untrained_
     assert "parent_on_same_slices" in card.validation and card.validation["kept"]["images"] == site["held_out_slices"]
     assert str(volumes) not in json.dumps(card.to_json())  # counts only: no file or folder names
     assert card.training["reference_slices"] == {"source": "bundled sample CT", "count": 32}
-    assert card.training["hyperparameters"]["reference_weight"] == 1.0
+    assert card.training["hyperparameters"]["reference_weight"] == FINETUNE_DEFAULTS["reference"] > 0
     assert _fingerprint(untrained_card) == before  # the base is byte-identical
 
     listed = json.loads(run_cli("models", "--json").stdout)
