@@ -4,11 +4,11 @@ Steps, on a canonical (S, P, L) HU array, at about 1.5 mm in-plane (the result i
 1. air = HU < -400; air connected to the sides of the field of view is outside the body and dropped;
 2. the large remaining air components are the lungs (with the airways);
 3. the lungs are split into right and left by their connected components, eroding the mask if they touch;
-4. each lung, slice by slice, is closed with a 20 mm disk and hole-filled, so vessels and lesions (consolidation
-   touching the pleura included) stay inside it. Closing each lung alone keeps the two lungs from merging across the
-   mediastinum; holes larger than a vessel are filled only when they are not solid, which keeps the liver and spleen
-   domes (surrounded by lung in the basal slices) out, at the price of leaving out a large dense consolidation that
-   aerated lung surrounds completely.
+4. each lung, slice by slice, is closed with a 20 mm octagon (close to a disk) and hole-filled, so vessels and
+   lesions (consolidation touching the pleura included) stay inside it. Closing each lung alone keeps the two lungs
+   from merging across the mediastinum; holes larger than a vessel are filled only when they are not solid, which
+   keeps the liver and spleen domes (surrounded by lung in the basal slices) out, at the price of leaving out a large
+   dense consolidation that aerated lung surrounds completely.
 """
 
 from __future__ import annotations
