@@ -22,7 +22,7 @@ from .io import INFECTION, LUNG
 from .lungs import LungMask, lung_mask
 from .models.fold import fold_batchnorm
 from .network import forward_probability, predict_image
-from .preprocess import crop_affines, lung_boxes, resample, restrict_to_window, window_to_unit
+from .preprocess import crop_affines, crops_for_network, lung_boxes, resample, restrict_to_window
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
@@ -105,8 +105,7 @@ class Segmenter:
                 raise Cancelled()
             batch = slice(start, start + self.batch_size)
             z = crops.slices[batch]
-            hu_batch = torch.from_numpy(np.ascontiguousarray(hu[z], dtype=np.float32))[:, None].to(self.device)
-            x01 = resample(window_to_unit(hu_batch, self.card.hu_window), to_crop[batch], self.spec.size, "border")
+            x01 = crops_for_network(hu[z], to_crop[batch], self.card.hu_window, self.spec.size, self.device)
             prob_small = self._forward(x01)
             # back onto the slices only inside the batch's union of crop boxes, which holds all of their lung
             boxes = crops.boxes[batch]

@@ -79,6 +79,13 @@ def restrict_to_window(theta: torch.Tensor, window: tuple[int, int, int, int], h
     return out
 
 
+def crops_for_network(hu_slices: np.ndarray, to_crop: torch.Tensor, window: HUWindow, size: tuple[int, int],
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W) HU slices -> (N, 1, *size) [0, 1] network inputs: windowed, then cropped to their lung boxes."""
+    hu = torch.from_numpy(np.ascontiguousarray(hu_slices, dtype=np.float32))[:, None].to(device)
+    return resample(window_to_unit(hu, window), to_crop, size, "border")
+
+
 def resample(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], padding: str = "zeros") -> torch.Tensor:
     """Bilinear resampling of (N, C, H, W) through per-sample affines onto an output grid of ``size``."""
     grid = F.affine_grid(theta.to(x.device, x.dtype), [x.shape[0], x.shape[1], *size], align_corners=False)

@@ -17,7 +17,7 @@ from ..geometry import AxialView
 from ..io import read_image
 from ..lungs import lung_mask
 from ..network import forward_probability
-from ..preprocess import crop_affines, lung_boxes, resample, window_to_unit
+from ..preprocess import crop_affines, crops_for_network, lung_boxes
 from ..sample import sample_path
 
 REFERENCE_SLICES = 32
@@ -33,8 +33,7 @@ def reference_inputs(card: ModelCard, count: int = REFERENCE_SLICES) -> torch.Te
     crops = lung_boxes(lung_mask(hu, view.spacing).lungs)
     picks = np.linspace(0, len(crops.slices) - 1, min(count, len(crops.slices))).round().astype(int)
     to_crop, _ = crop_affines(crops.boxes[picks], *hu.shape[1:])
-    slices = torch.from_numpy(np.ascontiguousarray(hu[crops.slices[picks]], dtype=np.float32))[:, None]
-    return resample(window_to_unit(slices, card.hu_window), to_crop, card.input_spec().size, "border")
+    return crops_for_network(hu[crops.slices[picks]], to_crop, card.hu_window, card.input_spec().size)
 
 
 @torch.inference_mode()
