@@ -1,6 +1,7 @@
 """Every LightSeg architecture trained the same way and compared in one table.
 
     python benchmarks/compare_models.py [--minutes 6] [--archs miniseg,ulite,...] [--json results.json]
+    python benchmarks/compare_models.py --speed-only      (parameters, GMAC and speed; no training)
 
 Each architecture is trained by `lightseg train` from scratch on the 50 labelled COVID-SemiSeg slices with the same
 validation fold (10 slices, seed 0), seed and wall-clock budget (the poly learning rate anneals over the budget).
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, help="keep the trained models here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--speed-only", action="store_true", help="skip training (validation columns stay empty)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     archs = args.archs.split(",")
@@ -104,7 +106,8 @@ def main() -> None:
         out_dir = args.out or Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
         for arch in archs:
-            rows[arch].update(train_row(arch, args.minutes, out_dir, args.threads))
+            if not args.speed_only:
+                rows[arch].update(train_row(arch, args.minutes, out_dir, args.threads))
             print(f"{arch}: {json.dumps(rows[arch])}", flush=True)
 
     gpu = "cuda" if torch.cuda.is_available() else None
@@ -116,9 +119,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for arch, r in rows.items():
         gpu_speed = f"{r['cuda_engine_input_size']:.0f}" if gpu else "n/a"
+        trained = ("| - | - | - | - |" if args.speed_only else
+                   f"| {r['val_infnet_dice']:.3f} | {r['val_dice']:.3f} | {r['epochs']} | {r['train_minutes']:.1f} |")
         print(f"| {arch} | {r['parameters']:,} | {r['gmac_512']:.3f} | {r['cpu_reference_512']:.1f} | "
-              f"{r['cpu_engine_input_size']:.1f} | {gpu_speed} | {r['val_infnet_dice']:.3f} | {r['val_dice']:.3f} | "
-              f"{r['epochs']} | {r['train_minutes']:.1f} |")
+              f"{r['cpu_engine_input_size']:.1f} | {gpu_speed} {trained}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
