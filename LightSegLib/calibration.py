@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import AxialView
-from .lungs import lung_mask
-from .preprocess import lung_boxes
+from .preprocess import lung_crops
 
 QUANTILES = np.linspace(0.0005, 0.9995, 1000)
 LEVELS = np.arange(-1000.0, 200.0 + 1, 5.0)
@@ -44,9 +42,8 @@ def training_quantiles(images: list[np.ndarray]) -> np.ndarray:
 
 def crop_hu_values(image: sitk.Image, max_values: int = 2_000_000) -> tuple[np.ndarray, int]:
     """HU values inside the engine's per-slice lung crop boxes (evenly subsampled), and the slice count."""
-    view = AxialView.of(image)
-    hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
-    crops = lung_boxes(lung_mask(hu, view.spacing).lungs)
+    scan = lung_crops(image)
+    hu, crops = scan.hu, scan.crops
     values = np.concatenate([hu[z, y0:y1, x0:x1].ravel() for z, (y0, y1, x0, x1) in zip(crops.slices, crops.boxes)])
     step = max(1, values.size // max_values)
     return values[::step].astype(np.float32), len(crops.slices)

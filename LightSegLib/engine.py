@@ -19,10 +19,10 @@ from .devices import pick_device
 from .errors import LightSegError
 from .geometry import AxialView, image_from_array
 from .io import INFECTION, LUNG
-from .lungs import LungMask, lung_mask
+from .lungs import LungMask
 from .models.fold import fold_batchnorm
 from .network import forward_probability, predict_image
-from .preprocess import crop_affines, crops_for_network, lung_boxes, resample, restrict_to_window
+from .preprocess import crop_affines, crops_for_network, lung_crops, resample, restrict_to_window
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
@@ -85,10 +85,8 @@ class Segmenter:
             raise LightSegError("model card has no HU window, so it segments 2D slices only", self.card.path)
         timings: dict[str, float] = {}
         tic = time.perf_counter()
-        view = AxialView.of(image)
-        hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
-        lungs = lung_mask(hu, view.spacing)
-        crops = lung_boxes(lungs.lungs)
+        scan = lung_crops(image)
+        view, hu, lungs, crops = scan.view, scan.hu, scan.lungs, scan.crops
         timings["lung_mask"] = time.perf_counter() - tic
 
         tic = time.perf_counter()

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
 from .cards import HUWindow
+from .geometry import AxialView
+from .lungs import LungMask, lung_mask
 
 BOX_MARGIN = 0.08  # of the box size, on each side: the training slices show a little chest wall around the lungs
 MIN_BOX_FRACTION = 0.6  # of the whole-volume lung box: small apical/basal lungs are not blown up to fill the input
@@ -42,6 +45,24 @@ def lung_boxes(lungs: np.ndarray) -> SliceBoxes:
     min_w = MIN_BOX_FRACTION * (x1.max() - x0.min())
     boxes = np.stack([_grow(y0, y1, min_h, height), _grow(x0, x1, min_w, width)], 1).reshape(-1, 4)
     return SliceBoxes(slices, boxes)
+
+
+@dataclass
+class LungCrops:
+    """A CT seen as the engine sees it: canonical axial HU view, lung mask and per-slice crop boxes."""
+
+    view: AxialView
+    hu: np.ndarray  # (S, P, L) view of the image's HU array, no copy
+    lungs: LungMask
+    crops: SliceBoxes
+
+
+def lung_crops(image: sitk.Image) -> LungCrops:
+    """Canonical HU view, lung mask and lung crop boxes of a CT volume."""
+    view = AxialView.of(image)
+    hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
+    lungs = lung_mask(hu, view.spacing)
+    return LungCrops(view, hu, lungs, lung_boxes(lungs.lungs))
 
 
 def _grow(lo: np.ndarray, hi: np.ndarray, min_size: float, limit: int) -> np.ndarray:

@@ -9,15 +9,12 @@ outside data is needed and nothing about the site is involved.
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from ..cards import ModelCard
-from ..geometry import AxialView
 from ..io import read_image
-from ..lungs import lung_mask
 from ..network import forward_probability
-from ..preprocess import crop_affines, crops_for_network, lung_boxes
+from ..preprocess import crop_affines, crops_for_network, lung_crops
 from ..sample import sample_path
 
 REFERENCE_SLICES = 32
@@ -27,10 +24,8 @@ def reference_inputs(card: ModelCard, count: int = REFERENCE_SLICES) -> torch.Te
     """(N, 1, H, W) [0, 1] network inputs from evenly spaced lung slices of the sample CT; None without an HU window."""
     if card.hu_window is None:
         return None
-    image = read_image(sample_path()).image
-    view = AxialView.of(image)
-    hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
-    crops = lung_boxes(lung_mask(hu, view.spacing).lungs)
+    scan = lung_crops(read_image(sample_path()).image)
+    hu, crops = scan.hu, scan.crops
     picks = np.linspace(0, len(crops.slices) - 1, min(count, len(crops.slices))).round().astype(int)
     to_crop, _ = crop_affines(crops.boxes[picks], *hu.shape[1:])
     return crops_for_network(hu[crops.slices[picks]], to_crop, card.hu_window, card.input_spec().size)

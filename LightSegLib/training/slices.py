@@ -111,12 +111,8 @@ class VolumeSlices:
 def volume_slices(volume_paths: list[Path], label_paths: list[Path], window: HUWindow,
                   segment: str = "Infection") -> VolumeSlices:
     """Lung-cropped, windowed axial slices with their infection masks; only slices with lung are kept."""
-    import SimpleITK as sitk
-
-    from ..geometry import AxialView
     from ..io import infection_mask_on_grid, read_image
-    from ..lungs import lung_mask
-    from ..preprocess import lung_boxes
+    from ..preprocess import lung_crops
 
     result = SliceSet()
     notes: set[str] = set()
@@ -126,10 +122,9 @@ def volume_slices(volume_paths: list[Path], label_paths: list[Path], window: HUW
             raise LightSegError("is a 2D image; volume training needs CT volumes", volume_path)
         mask, note = infection_mask_on_grid(label_path, loaded.image, segment)
         notes.add(note)
-        view = AxialView.of(loaded.image)
-        hu = view.to_canonical(sitk.GetArrayViewFromImage(loaded.image))
-        infection = view.to_canonical(mask)
-        crops = lung_boxes(lung_mask(hu, view.spacing).lungs)
+        scan = lung_crops(loaded.image)
+        hu, crops = scan.hu, scan.crops
+        infection = scan.view.to_canonical(mask)
         for z, (y0, y1, x0, x1) in zip(crops.slices, crops.boxes):
             values = (hu[z, y0:y1, x0:x1].astype(np.float32) - window.low) / window.width
             result.images.append(np.clip(values, 0, 1))
