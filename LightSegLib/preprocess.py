@@ -55,6 +55,7 @@ class LungCrops:
     hu: np.ndarray  # (S, P, L) view of the image's HU array, no copy
     lungs: LungMask
     crops: SliceBoxes
+    image: sitk.Image  # held so that ``hu``, a view into its buffer, stays valid
 
 
 def lung_crops(image: sitk.Image) -> LungCrops:
@@ -62,7 +63,7 @@ def lung_crops(image: sitk.Image) -> LungCrops:
     view = AxialView.of(image)
     hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
     lungs = lung_mask(hu, view.spacing)
-    return LungCrops(view, hu, lungs, lung_boxes(lungs.lungs))
+    return LungCrops(view, hu, lungs, lung_boxes(lungs.lungs), image)
 
 
 def _grow(lo: np.ndarray, hi: np.ndarray, min_size: float, limit: int) -> np.ndarray:

@@ -86,3 +86,17 @@ def test_octagon_closing_is_close_to_a_disk(radius):
     assert not octagon[distance > radius + 1].any()
     assert abs(octagon.sum() / (np.pi * radius**2) - 1) < 0.1
     assert (octagon == octagon[::-1]).all() and (octagon == octagon.T).all()  # symmetric
+
+
+def test_lung_crops_keep_their_hu_view_valid_after_the_caller_drops_the_image(p001):
+    import gc
+
+    from LightSegLib.preprocess import lung_crops
+
+    expected = sitk.GetArrayFromImage(p001)  # a copy, to compare with afterwards
+    scan = lung_crops(sitk.Image(p001))  # a temporary copy only the result can keep alive
+    gc.collect()
+    filler = [sitk.Image(p001) + 1 for _ in range(2)]  # reuse freed memory, if any was freed
+    assert scan.image is not None
+    assert np.array_equal(scan.view.from_canonical(scan.hu), expected)
+    del filler
