@@ -114,15 +114,15 @@ def _close_chunk(inside: np.ndarray, hu_box: np.ndarray, radius: float, reach: f
     # fill over the whole box grew faster than the slice count)
     labels, count = ndimage.label(~closed, structure=_IN_SLICE)
     if count:
-        index = np.arange(1, count + 1)
         edge = np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
                                labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
         is_hole = np.ones(count + 1, bool)
         is_hole[0] = False
         is_hole[edge] = False
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-        mean_hu = ndimage.mean(hu_box, labels, index)
-        keep = np.concatenate([[False], (sizes <= max_small_hole) | (mean_hu < SOLID_MIN_HU)]) & is_hole
+        flat = labels.ravel()
+        sizes = np.bincount(flat, minlength=count + 1)
+        mean_hu = np.bincount(flat, weights=hu_box.ravel(), minlength=count + 1) / np.maximum(sizes, 1)
+        keep = ((sizes <= max_small_hole) | (mean_hu < SOLID_MIN_HU)) & is_hole
         closed |= keep[labels]
     return closed
 
@@ -139,25 +139,21 @@ def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
     return tuple(box)
 
 
-def _outside_air(air: np.ndarray) -> np.ndarray:
-    """Air components touching the in-plane borders of any slice (the room, the table, outside the body)."""
+def _lung_components(air: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Air components inside the body that are large enough to be lung, from one labelling of the air.
+
+    A component touching the in-plane border of any slice is outside the body (the room, the table). Of the others,
+    those with at least ``min_voxels`` and at least 10 % of the largest are kept. Lookup tables by label are much
+    faster than ``np.isin`` here.
+    """
     labels, count = ndimage.label(air)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
     border = np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
                              labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
-    is_outside = np.zeros(count + 1, bool)  # a lookup table by label is much faster than np.isin here
-    is_outside[border] = True
-    is_outside[0] = False
-    return is_outside[labels]
-
-
-def _largest_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-    """Keep components with at least ``min_voxels`` and at least 10 % of the largest one."""
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
+    sizes[border] = 0  # outside air (and the background label 0)
     sizes[0] = 0
-    return ((sizes >= min_voxels) & (sizes >= 0.1 * sizes.max()))[labels]
+    keep = (sizes > 0) & (sizes >= min_voxels) & (sizes >= 0.1 * sizes.max())
+    return keep[labels]
 
 
 def _split_sides(lungs: np.ndarray, min_voxels: int) -> np.ndarray:
@@ -226,9 +222,7 @@ def lung_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> LungMask:
     voxel_ml = float(np.prod(work_spacing)) / 1000
     min_voxels = int(MIN_LUNG_ML / voxel_ml)
 
-    air = small < AIR_HU
-    inside_air = air & ~_outside_air(air)
-    lungs = _largest_components(inside_air, min_voxels)
+    lungs = _lung_components(small < AIR_HU, min_voxels)
     sides = _split_sides_coarse(lungs, min_voxels) if lungs.any() else np.zeros(lungs.shape, np.uint8)
     radius = CLOSING_RADIUS_MM / min(work_spacing[1:])
     reach = CLOSING_REACH_MM / min(work_spacing[1:])

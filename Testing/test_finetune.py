@@ -39,6 +39,12 @@ def _fingerprint(card: ModelCard) -> tuple[str, str]:
     return sha256_of(card.weights_path), sha256_of(card.path)
 
 
+def _changed_modules(base: ModelCard, tuned: ModelCard) -> set[str]:
+    """Top two levels of the names ("enc.0", "dec.1") of the tensors that fine-tuning changed."""
+    before, after = torch.load(base.weights_path), torch.load(tuned.weights_path)
+    return {".".join(k.split(".")[:2]) for k in before if not torch.equal(before[k], after[k])}
+
+
 def test_finetune_on_ct_and_seg_nrrd_makes_a_new_user_model(seg_site, untrained_card, user_store, tmp_path):
     before = _fingerprint(untrained_card)
     volumes, labels = seg_site
@@ -61,6 +67,9 @@ def test_finetune_on_ct_and_seg_nrrd_makes_a_new_user_model(seg_site, untrained_
     assert card.training["reference_slices"] == {"source": "bundled sample CT", "count": 32}
     assert card.training["hyperparameters"]["reference_weight"] == FINETUNE_DEFAULTS["reference"] > 0
     assert _fingerprint(untrained_card) == before  # the base is byte-identical
+    # the default adapts the input stages only: the rest of the network is the base's, bit for bit
+    assert FINETUNE_DEFAULTS["adapt"] == "input" and card.training["hyperparameters"]["trainable"] == ["enc.0", "enc.1"]
+    assert _changed_modules(untrained_card, card) == {"enc.0", "enc.1"}
 
     listed = json.loads(run_cli("models", "--json").stdout)
     assert any(r["id"] == "site-v1" and r["where"] == "user" for r in listed)
@@ -80,11 +89,13 @@ def test_finetune_on_dicom_and_nrrd_label(tmp_path, untrained_card, user_store, 
     label.CopyInformation(p001)
     sitk.WriteImage(label, str(labels / "P001.nrrd"), useCompression=True)
     result = run_cli("finetune", "--base", untrained_card.path, "--name", "site-dicom", "--volumes", volumes,
-                     "--labels", labels, "--epochs", "1")
+                     "--labels", labels, "--epochs", "1", "--adapt", "all")
     assert result.returncode == 0, result.stderr
     assert "label value 1" in result.stderr
     card = ModelCard.load(user_store / "site-dicom.json")
     assert card.training["site_data"]["slices_with_infection"] == 60
+    assert card.training["hyperparameters"]["trainable"] == []
+    assert {"enc.3", "dec.2", "heads.0"} <= _changed_modules(untrained_card, card)  # every layer was trained
 
 
 def test_stop_file_stops_cleanly_and_keeps_a_model(seg_site, untrained_card, user_store, tmp_path):
@@ -175,3 +186,18 @@ def test_reference_inputs_come_from_the_sample_in_the_models_domain(untrained_ca
     assert inputs.shape == (32, 1, *untrained_card.input_size)
     assert 0 <= inputs.min() and inputs.max() <= 1
     assert 0.2 < inputs.mean() < 0.7  # windowed lung crops, not air or clipped bone
+
+
+@pytest.mark.parametrize("arch", ["miniseg", "ulite", "malunet", "unetv2", "unetv2-lite"])
+def test_every_architecture_names_its_input_stages(arch):
+    from LightSegLib.models import build_model, input_stages
+    from LightSegLib.training.loop import in_stages
+    from LightSegLib.training.recipe import ARCH_DEFAULTS
+
+    recipe = ARCH_DEFAULTS[arch]
+    model = build_model(recipe["architecture"], recipe["config"])
+    stages = input_stages(recipe["architecture"], recipe["config"])
+    names = [name for name, _ in model.named_parameters()]
+    assert all(any(in_stages(name, (stage,)) for name in names) for stage in stages)  # each names real layers
+    tuned = sum(p.numel() for name, p in model.named_parameters() if in_stages(name, stages))
+    assert 0 < tuned < 0.2 * sum(p.numel() for p in model.parameters())  # a small part, at the input end

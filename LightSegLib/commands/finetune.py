@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-weight", type=float, default=D["reference"],
                    help="weight of keeping the base model's output on the bundled sample CT, so the new model does "
                         "not forget the base's data (0: off)")
+    p.add_argument("--adapt", choices=("input", "all"), default=D["adapt"],
+                   help="layers to train: 'input' (default), the first two encoder stages, for a new scanner, kernel "
+                        "or protocol; 'all', every layer, when the site also draws its labels differently")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import registry
     from ..devices import pick_device
+    from ..models import input_stages
     from ..training.finetune import (FinetuneRequest, StopSignal, check_site_data, eta_seconds, read_pairs_csv,
                                     run_finetune, site_from_images, site_from_volumes)
     from ..training.loop import TrainConfig
@@ -90,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, minutes=args.minutes, patience=args.patience,
                       freeze_batchnorm=True, anchor_weight=args.anchor,
+                      trainable=input_stages(base.architecture, base.arch_config) if args.adapt == "input" else (),
                       reference_weight=args.reference_weight, device=str(pick_device(args.device)))
     stop = StopSignal(args.stop_file)
     signal.signal(signal.SIGINT, stop.handle)

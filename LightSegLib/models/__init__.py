@@ -22,6 +22,23 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 SIZE_MULTIPLE = {"miniseg": 1, "ulite": 32, "malunet": 32, "unetv2": 32}
 
 
+def input_stages(architecture: str, config: dict[str, Any]) -> tuple[str, ...]:
+    """Parameter-name prefixes of the layers that work at full to quarter resolution (the first two encoder stages).
+
+    Fine-tuning only these adapts a model to a new scanner, kernel or protocol (the images look different, the
+    anatomy and the labelling do not) while the deeper layers keep what they learned.
+    """
+    if architecture == "miniseg":
+        return ("enc.0", "enc.1")
+    if architecture == "ulite":
+        return ("stem", "enc.0", "enc.1")
+    if architecture == "malunet":
+        return ("encoder.0", "encoder.1")
+    if architecture == "unetv2":
+        return ("encoder.enc.0", "encoder.enc.1") if config.get("encoder") == "miniseg" else ("encoder.stages.0",)
+    raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+
+
 def build_model(architecture: str, config: dict[str, Any]) -> nn.Module:
     """Instantiate ``architecture`` with the keyword ``config`` stored in its model card."""
     try:

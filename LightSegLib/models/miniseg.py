@@ -69,8 +69,10 @@ class AHSP(nn.Module):
             level = level + branch(r)
             pyramid.append(level)
         h = torch.cat(pyramid, 1)
-        attention = torch.sigmoid(self.gate(h)).repeat_interleave(self.k, dim=1)
-        h = h + h * attention
+        # h + h * attention, each level's gate broadcast over its k channels (no repeated copy of the gates)
+        n, _, height, width = h.shape
+        scale = 1 + torch.sigmoid(self.gate(h))
+        h = (h.reshape(n, 4, self.k, height, width) * scale.unsqueeze(2)).reshape(h.shape)
         return self.act(self.norm(self.fuse(h)))
 
 

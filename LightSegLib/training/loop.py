@@ -36,6 +36,7 @@ class TrainConfig:
     freeze_batchnorm: bool = False
     anchor_weight: float = 0.0  # L2-SP: pull the weights towards the starting ones (fine-tuning without forgetting)
     reference_weight: float = 0.0  # keep the starting model's outputs on reference slices (learning without forgetting)
+    trainable: tuple[str, ...] = ()  # modules (parameter-name prefixes) to train, empty for all; the rest stay fixed
     device: str = "cpu"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -133,6 +134,11 @@ def _progress(step: int, total_steps: int, seconds: float, minutes: float | None
     return min(done, 1.0)
 
 
+def in_stages(name: str, prefixes: tuple[str, ...]) -> bool:
+    """True if the parameter ``name`` is inside one of the modules ``prefixes`` ("enc.1" holds "enc.1.x", not "enc.10")."""
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
 def _set_batchnorm_eval(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -162,7 +168,13 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
     else:
         reference_x = reference_p = None
     weights = class_weights(train_set.infection_fraction()).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tuned = [p for name, p in model.named_parameters() if not cfg.trainable or in_stages(name, cfg.trainable)]
+    if not tuned:
+        raise ValueError(f"no parameter belongs to any of {cfg.trainable}")
+    tuned_ids = {id(p) for p in tuned}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in tuned_ids)  # no weight gradients for the layers that stay fixed
+    optimiser = torch.optim.Adam(tuned, lr=cfg.lr, weight_decay=cfg.weight_decay)
     anchors = [p.detach().clone() for p in model.parameters()] if cfg.anchor_weight else []
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
