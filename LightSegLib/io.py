@@ -193,13 +193,30 @@ def ijk_to_lps(image: sitk.Image) -> np.ndarray:
 
 
 def _write_seg_nrrd(labels: sitk.Image, path: Path) -> None:
+    """Lungs and Infection as two overlapping segments, one layer each (the lungs hold the infection)."""
     if labels.GetDimension() != 3:
         raise LightSegError(".seg.nrrd output is for volumes", path)
-    voxels = np.transpose(sitk.GetArrayViewFromImage(labels), (2, 1, 0))  # (k, j, i) -> (i, j, k)
-    segmentation = slicerio.create_segmentation(voxels.shape, ijk_to_lps(labels))
-    for segment, mask in zip(SEGMENTS, (voxels > 0, voxels == INFECTION)):
-        slicerio.add_segment(segmentation, mask, dict(segment))
-    slicerio.write_segmentation(str(path), segmentation)
+    array = sitk.GetArrayViewFromImage(labels)  # (k, j, i)
+    # Built as (k, j, i, layer) so that the (layer, i, j, k) view slicerio writes in Fortran order is contiguous
+    # (no 75 MB transpose on a 512 x 512 x 148 CT).
+    layers = np.empty(array.shape + (len(SEGMENTS),), np.uint8)
+    layers[..., 0] = array > 0
+    layers[..., 1] = array == INFECTION
+    voxels = layers.transpose(3, 2, 1, 0)
+    segments = [dict(segment, labelValue=1, layer=layer, extent=_extent(layers[..., layer]))
+                for layer, segment in enumerate(SEGMENTS)]
+    segmentation = {"voxels": voxels, "ijkToLPS": ijk_to_lps(labels), "segments": segments}
+    # zlib level 1: about a tenth of the time of the default level 9, for files a little larger
+    slicerio.write_segmentation(str(path), segmentation, compression_level=1)
+
+
+def _extent(mask_kji: np.ndarray) -> list[int]:
+    """[i0, i1, j0, j1, k0, k1] of a (k, j, i) mask's voxels, inclusive; [0, -1, ...] when empty (Slicer's rule)."""
+    extent = []
+    for axis in (2, 1, 0):
+        hits = np.flatnonzero(mask_kji.any(axis=tuple(a for a in range(3) if a != axis)))
+        extent += [int(hits[0]), int(hits[-1])] if hits.size else [0, -1]
+    return extent
 
 
 def _strip_suffix(path: Path) -> str:

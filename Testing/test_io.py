@@ -58,6 +58,8 @@ def test_seg_nrrd_has_named_coloured_segments_with_terminology(sample, tmp_path)
     infection = slicerio.segment_from_name(segmentation, "Infection")
     assert infection["terminology"]["type"][1] == "52988006"
     assert len(infection["color"]) == 3
+    k, j, i = np.nonzero(sitk.GetArrayViewFromImage(labels) == io.INFECTION)
+    assert infection["extent"] == [i.min(), i.max(), j.min(), j.max(), k.min(), k.max()]  # Slicer's (i, j, k) bounds
     assert np.allclose(segmentation["ijkToLPS"], io.ijk_to_lps(labels))
     mask, note = io.infection_mask_on_grid(path, labels)
     assert note == "segment 'Infection'"

@@ -61,14 +61,18 @@ class AHSP(nn.Module):
         self.norm = nn.BatchNorm2d(cout)
         self.act = nn.PReLU(cout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """h1..h4: the pooled reduced input plus the dilated branches, summed hierarchically."""
         r = self.reduce(x)
         level = self.pool(r)
-        pyramid = []
+        levels = []
         for branch in self.branches:
             level = level + branch(r)
-            pyramid.append(level)
-        h = torch.cat(pyramid, 1)
+            levels.append(level)
+        return levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.cat(self.pyramid(x), 1)
         # h + h * attention, each level's gate broadcast over its k channels (no repeated copy of the gates)
         n, _, height, width = h.shape
         scale = 1 + torch.sigmoid(self.gate(h))
