@@ -150,8 +150,8 @@ def _lung_components(air: np.ndarray, min_voxels: int) -> np.ndarray:
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     border = np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
                              labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
-    sizes[border] = 0  # outside air (and the background label 0)
-    sizes[0] = 0
+    sizes[border] = 0  # outside air
+    sizes[0] = 0  # not air
     keep = (sizes > 0) & (sizes >= min_voxels) & (sizes >= 0.1 * sizes.max())
     return keep[labels]
 

@@ -168,12 +168,11 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
     else:
         reference_x = reference_p = None
     weights = class_weights(train_set.infection_fraction()).to(device)
-    tuned = [p for name, p in model.named_parameters() if not cfg.trainable or in_stages(name, cfg.trainable)]
+    for name, p in model.named_parameters():  # no weight gradients for the layers that stay fixed
+        p.requires_grad_(not cfg.trainable or in_stages(name, cfg.trainable))
+    tuned = [p for p in model.parameters() if p.requires_grad]
     if not tuned:
         raise ValueError(f"no parameter belongs to any of {cfg.trainable}")
-    tuned_ids = {id(p) for p in tuned}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in tuned_ids)  # no weight gradients for the layers that stay fixed
     optimiser = torch.optim.Adam(tuned, lr=cfg.lr, weight_decay=cfg.weight_decay)
     anchors = [p.detach().clone() for p in model.parameters()] if cfg.anchor_weight else []
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
