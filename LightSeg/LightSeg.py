@@ -66,6 +66,7 @@ class LightSegParameterNode:
     trainingVolume: vtkMRMLScalarVolumeNode
     newModelName: str = "site-model"
     minutes: float = 5.0
+    adaptAllLayers: bool = False
 
 
 class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -235,7 +236,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._finetune = self.logic.startFinetune(
                 [(slicer.mrmlScene.GetNodeByID(v), slicer.mrmlScene.GetNodeByID(s), seg) for v, s, seg in pairs],
                 folder, self.ui.baseModelSelector.currentText, self._parameterNode.newModelName,
-                self._parameterNode.minutes, self.onFinetuneEvent)
+                self._parameterNode.minutes, self.onFinetuneEvent, self._parameterNode.adaptAllLayers)
             self.ui.finetuneButton.text = "Stop"
 
     def onFinetuneEvent(self, event):
@@ -469,8 +470,9 @@ class LightSegLogic(ScriptedLoadableModuleLogic):
             segmentationNode.CreateClosedSurfaceRepresentation()
         return tableNode
 
-    def startFinetune(self, scenePairs, pairsFolder, baseModel, newName, minutes, onEvent):
-        """Write the scene's training pairs to a temporary folder and run ``lightseg finetune`` on them."""
+    def startFinetune(self, scenePairs, pairsFolder, baseModel, newName, minutes, onEvent, adaptAllLayers=False):
+        """Write the scene's training pairs to a temporary folder and run ``lightseg finetune`` on them
+        (``--adapt all`` when ``adaptAllLayers``, else the default: the input stages only)."""
         workDir = tempfile.mkdtemp(prefix="lightseg-finetune-")
         lines = ["volume,label"]
         for index, (volumeNode, segmentationNode, segmentId) in enumerate(scenePairs):
@@ -498,7 +500,8 @@ class LightSegLogic(ScriptedLoadableModuleLogic):
         with open(pairsCsv, "w") as f:
             f.write("\n".join(lines) + "\n")
         args = [shutil.which("PythonSlicer") or sys.executable, "-m", "LightSegLib", "finetune", "--base", baseModel,
-                "--name", newName, "--pairs", pairsCsv, "--minutes", str(minutes), "--progress-json", "--force"]
+                "--name", newName, "--pairs", pairsCsv, "--minutes", str(minutes), "--progress-json", "--force",
+                "--adapt", "all" if adaptAllLayers else "input"]
         return FinetuneProcess(args, workDir, onEvent)
 
 
