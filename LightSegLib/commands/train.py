@@ -47,12 +47,11 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import pick_device
     from ..training.loop import TrainConfig
     from ..models import SIZE_MULTIPLE
-    from ..training.recipe import ARCH_DEFAULTS, TrainRequest, describe_command, print_epoch, run_training
+    from ..training.recipe import TrainRequest, arch_recipe, describe_command, print_epoch, run_training
     from ..training.slices import load_image_folders
 
-    if args.arch not in ARCH_DEFAULTS:
-        raise LightSegError(f"unknown architecture {args.arch!r}; choose from {', '.join(ARCH_DEFAULTS)}")
-    multiple = SIZE_MULTIPLE[ARCH_DEFAULTS[args.arch]["architecture"]]
+    recipe = arch_recipe(args.arch)
+    multiple = SIZE_MULTIPLE[recipe["architecture"]]
     if args.input_size and args.input_size % multiple:
         raise LightSegError(f"--input-size must be a multiple of {multiple} for {args.arch}", args.input_size)
     if args.threads:
@@ -81,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise LightSegError("give --images and --masks, or --volumes and --labels")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      input_size=args.input_size or ARCH_DEFAULTS[args.arch]["input_size"], seed=args.seed,
+                      input_size=args.input_size or recipe["input_size"], seed=args.seed,
                       minutes=args.minutes, device=str(pick_device(args.device)))
     request = TrainRequest(
         arch=args.arch, name=args.name, output_dir=output, data=data,

@@ -22,6 +22,10 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 SIZE_MULTIPLE = {"miniseg": 1, "ulite": 32, "malunet": 32, "unetv2": 32}
 
 
+def _unknown(architecture: str) -> ValueError:
+    return ValueError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+
+
 def input_stages(architecture: str, config: dict[str, Any]) -> tuple[str, ...]:
     """Parameter-name prefixes of the layers that work at full to quarter resolution (the first two encoder stages).
 
@@ -36,7 +40,7 @@ def input_stages(architecture: str, config: dict[str, Any]) -> tuple[str, ...]:
         return ("encoder.0", "encoder.1")
     if architecture == "unetv2":
         return ("encoder.enc.0", "encoder.enc.1") if config.get("encoder") == "miniseg" else ("encoder.stages.0",)
-    raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    raise _unknown(architecture)
 
 
 def build_model(architecture: str, config: dict[str, Any]) -> nn.Module:
@@ -44,7 +48,7 @@ def build_model(architecture: str, config: dict[str, Any]) -> nn.Module:
     try:
         builder = ARCHITECTURES[architecture]
     except KeyError:
-        raise ValueError(f"unknown architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}") from None
+        raise _unknown(architecture) from None
     return builder(**config)
 
 

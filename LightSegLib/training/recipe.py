@@ -80,11 +80,17 @@ def _training_network(arch: str, init: ModelCard | None) -> torch.nn.Module:
     return model
 
 
+def arch_recipe(arch: str) -> dict:
+    """The training defaults of ``--arch`` (architecture, config, activation, input size); one line if unknown."""
+    if arch not in ARCH_DEFAULTS:
+        raise LightSegError(f"unknown architecture {arch!r}; choose from {', '.join(ARCH_DEFAULTS)}")
+    return ARCH_DEFAULTS[arch]
+
+
 def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
                  on_epoch: Callable[[EpochRecord], None] | None = None) -> tuple[Path, TrainResult]:
     """Split, train and save; returns the card path and the training result."""
-    if request.arch not in ARCH_DEFAULTS:
-        raise LightSegError(f"unknown architecture {request.arch!r}; choose from {', '.join(ARCH_DEFAULTS)}")
+    arch_recipe(request.arch)
     train_idx, val_idx = split_fold(len(request.data), request.val_fraction, cfg.seed)
     train_set, val_set = request.data.subset(train_idx), request.data.subset(val_idx)
     if request.init is not None:
