@@ -6,6 +6,7 @@ Each command lives in its own module under ``commands/``; this file builds the p
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .commands import COMMANDS
@@ -33,5 +34,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The console entry point: ``main``, then exit without the interpreter's teardown.
+
+    By then every output file is written and closed. Tearing down torch's modules alone takes 0.25 s, a large share
+    of a 4 s ``lightseg segment``; the operating system frees the memory at once.
+    """
+    try:
+        code = main()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -20,7 +20,7 @@ from .errors import LightSegError
 from .geometry import AxialView, image_from_array
 from .io import INFECTION, LUNG
 from .lungs import LungMask
-from .models.fold import fold_batchnorm
+from .models.inference import inference_form
 from .network import forward_probability, predict_image
 from .preprocess import crop_affines, crops_for_network, lung_crops, resample, restrict_to_window
 
@@ -52,9 +52,9 @@ class Segmenter:
         self.card = card
         self.spec = card.input_spec()
         self.device = pick_device(device)
-        # BatchNorm folded into the convolutions (same function, fewer passes over memory); channels_last suits
-        # oneDNN's depthwise kernels on the CPU (measured in benchmarks/bench_inference.py)
-        self.model = fold_batchnorm(load_network(card)).to(self.device, memory_format=torch.channels_last)
+        # BatchNorm folded and MiniSeg's linear steps merged (same function, fewer passes over memory);
+        # channels_last suits oneDNN's depthwise kernels on the CPU (measured in benchmarks/bench_inference.py)
+        self.model = inference_form(load_network(card)).to(self.device, memory_format=torch.channels_last)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
 
     def _forward(self, x01: torch.Tensor) -> torch.Tensor:

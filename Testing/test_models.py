@@ -60,3 +60,21 @@ def test_batchnorm_folding_keeps_the_function_and_removes_every_bn(model, channe
     x = torch.randn(2, channels, size, size)
     with torch.inference_mode():
         assert torch.allclose(model(x)[0], folded(x)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(96, 96), (75, 61)])
+def test_miniseg_inference_form_keeps_the_function(size):
+    """Pool merged into AHSP, dilated pair merged, decoder 1x1 before the upsampling: same logits, odd sizes too."""
+    from LightSegLib.models.inference import InferenceMiniSeg, inference_form
+
+    model = _with_running_statistics(MiniSeg(3, 2, aux=True), 3, 64)
+    fast = inference_form(model)
+    assert isinstance(fast, InferenceMiniSeg)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.AvgPool2d)) for m in fast.modules())
+    x = torch.randn(2, 3, *size)
+    with torch.inference_mode():
+        expected, got = model(x)[0], fast(x)
+        assert len(got) == 1 and got[0].shape == expected.shape
+        assert torch.allclose(expected, got[0], atol=1e-4)
+        channels_last = fast.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        assert torch.allclose(expected, channels_last[0], atol=1e-4)

@@ -4,7 +4,7 @@
 
 Reference: the plain eager fp32 forward at batch 1 on 512 x 512 input (the official MiniSeg protocol, 3 channels),
 with the AHSP blocks computed in the paper's order as the official code does (``PaperOrderAHSP``).
-Engine: what LightSeg runs (BatchNorm folded, channels_last, batched; fp16 autocast on CUDA).
+Engine: what LightSeg runs (BatchNorm folded, MiniSeg's linear steps merged, channels_last, batched; fp16 autocast on CUDA).
 End to end: `lightseg segment` in a subprocess (read, lung mask, inference, write) on the full-resolution P001 DICOM
 series and on a 512 x 512 x 600 volume made from it; wall time and peak RSS of that process.
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from LightSegLib.io import read_image  # noqa: E402
 from LightSegLib.models import MiniSeg, ULite  # noqa: E402
 from LightSegLib.models.miniseg import AHSP  # noqa: E402
-from LightSegLib.models.fold import fold_batchnorm  # noqa: E402
+from LightSegLib.models.inference import inference_form  # noqa: E402
 
 P001 = REPO.parent / "shared" / "data" / "covid-ct-md" / "P001"
 
@@ -82,14 +82,14 @@ def network_rows(device: torch.device, seconds: float) -> list[tuple[str, float]
     torch.manual_seed(0)
     half = device.type == "cuda"
     miniseg, ulite = reference_miniseg().eval().to(device), ULite(1, 1).eval().to(device)
-    fast_miniseg = fold_batchnorm(MiniSeg(3, 2).eval()).to(device, memory_format=torch.channels_last)
-    fast_ulite = fold_batchnorm(ulite).to(device, memory_format=torch.channels_last)
+    fast_miniseg = inference_form(MiniSeg(3, 2).eval()).to(device, memory_format=torch.channels_last)
+    fast_ulite = inference_form(ulite).to(device, memory_format=torch.channels_last)
     batch = 32 if device.type == "cuda" else 8
     return [
         ("MiniSeg reference: eager fp32, batch 1, 512", slices_per_second(miniseg, 1, 3, 512, device, seconds)),
-        (f"MiniSeg engine: folded, channels_last, batch {batch}, 512",
+        (f"MiniSeg engine: folded+merged, channels_last, batch {batch}, 512",
          slices_per_second(fast_miniseg, batch, 3, 512, device, seconds, True, half)),
-        (f"MiniSeg engine: folded, channels_last, batch {batch}, 288 (lung crop)",
+        (f"MiniSeg engine: folded+merged, channels_last, batch {batch}, 288 (lung crop)",
          slices_per_second(fast_miniseg, batch, 3, 288, device, seconds, True, half)),
         ("U-Lite reference: eager fp32, batch 1, 512", slices_per_second(ulite, 1, 1, 512, device, seconds)),
         (f"U-Lite engine: folded, channels_last, batch {batch}, 256 (lung crop)",

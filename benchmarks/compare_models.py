@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.bench_inference import slices_per_second  # noqa: E402
 from LightSegLib.cards import ModelCard  # noqa: E402
 from LightSegLib.models import build_model, count_parameters  # noqa: E402
-from LightSegLib.models.fold import fold_batchnorm  # noqa: E402
+from LightSegLib.models.inference import inference_form  # noqa: E402
 from LightSegLib.training.recipe import ARCH_DEFAULTS  # noqa: E402
 
 SEMISEG = REPO.parent / "shared" / "data" / "covid-semiseg" / "train"
@@ -54,7 +54,7 @@ def speed_row(arch: str, device: torch.device, seconds: float) -> dict:
     channels = ARCH_DEFAULTS[arch]["config"]["in_channels"]
     size = ARCH_DEFAULTS[arch]["input_size"]
     cuda = device.type == "cuda"
-    fast = fold_batchnorm(model).to(device, memory_format=torch.channels_last)
+    fast = inference_form(model).to(device, memory_format=torch.channels_last)
     return {
         "reference_512": slices_per_second(model, 1, channels, 512, device, seconds),
         "engine_input_size": slices_per_second(fast, 32 if cuda else 8, channels, size, device, seconds, True, cuda),

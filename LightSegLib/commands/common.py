@@ -1,11 +1,29 @@
-"""Helpers shared by the commands: the progress bar and reading a calibrate-window result."""
+"""Helpers shared by the commands: start-up imports, the progress bar and reading a calibrate-window result."""
 
 from __future__ import annotations
 
+import gc
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 from pathlib import Path
 
 from ..errors import LightSegError
+
+
+@contextmanager
+def startup_imports() -> Iterator[None]:
+    """Import torch and the engine with the garbage collector off, then freeze what they allocated.
+
+    Importing torch creates hundreds of thousands of objects that live until exit; collecting while they are being
+    created only scans them (0.08 s of a 4 s ``lightseg segment``), and freezing keeps later collections off them.
+    """
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def progress_bar(description: str):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import LightSegError
 from ..defaults import DEFAULT_MODEL
-from .common import progress_bar
+from .common import progress_bar, startup_imports
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..montage import write_montage
-    from ..pipeline import SegmentRequest, segment_file
-    from ..report import summary_lines
-    from ..sample import sample_path
+    with startup_imports():
+        from ..montage import write_montage
+        from ..pipeline import SegmentRequest, segment_file
+        from ..report import summary_lines
+        from ..sample import sample_path
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     out = args.output_dir
