@@ -52,7 +52,7 @@ class AHSP(nn.Module):
         k = cout // 4
         self.k = k
         self.reduce = nn.Conv2d(cin, k, 1, bias=False)
-        self.pool = nn.AvgPool2d(3, stride, 1)
+        self.pool: nn.AvgPool2d | None = nn.AvgPool2d(3, stride, 1)  # None once merged into branch 1 (inference)
         self.branches = nn.ModuleList(
             nn.Conv2d(k, k, 3, stride, d, dilation=d, groups=k, bias=False) for d in (1, 2, 4, 8)
         )
@@ -64,10 +64,11 @@ class AHSP(nn.Module):
     def pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """h1..h4: the pooled reduced input plus the dilated branches, summed hierarchically."""
         r = self.reduce(x)
-        level = self.pool(r)
+        level = None if self.pool is None else self.pool(r)
         levels = []
         for branch in self.branches:
-            level = level + branch(r)
+            out = branch(r)
+            level = out if level is None else level + out
             levels.append(level)
         return levels
 
