@@ -201,3 +201,16 @@ def test_every_architecture_names_its_input_stages(arch):
     assert all(any(in_stages(name, (stage,)) for name in names) for stage in stages)  # each names real layers
     tuned = sum(p.numel() for name, p in model.named_parameters() if in_stages(name, stages))
     assert 0 < tuned < 0.2 * sum(p.numel() for p in model.parameters())  # a small part, at the input end
+
+
+def test_finetuning_keeps_the_base_models_loss():
+    """The class weighting and Dice weight recorded in the base's card; the defaults for cards that record none."""
+    import dataclasses
+
+    from LightSegLib import registry
+    from LightSegLib.training.finetune import base_loss
+
+    base = registry.resolve("miniseg-covid")
+    recorded = dataclasses.replace(base, training={"hyperparameters": {"class_weights": "none", "dice_weight": 2.0}})
+    assert base_loss(recorded) == {"class_weights": "none", "dice_weight": 2.0}
+    assert base_loss(dataclasses.replace(base, training={})) == {"class_weights": "enet", "dice_weight": 1.0}

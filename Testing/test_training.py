@@ -32,9 +32,11 @@ def test_train_writes_a_loadable_model_with_its_card(few_slices, tmp_path):
     out = tmp_path / "models"
     result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "tiny",
                      "-o", out, "--epochs", "2", "--input-size", "64", "--val-fraction", "0.25",
-                     "--hu-window-from", WINDOW)
+                     "--hu-window-from", WINDOW, "--class-weights", "none", "--dice-weight", "0.5")
     assert result.returncode == 0, result.stderr
     card = ModelCard.load(out / "tiny.json")
+    assert card.training["hyperparameters"]["class_weights"] == "none"
+    assert card.training["hyperparameters"]["dice_weight"] == 0.5
     assert card.weights_sha256 == sha256_of(out / "tiny.pt")
     assert card.parameters == 82_666 and card.arch_config["aux"] is False
     assert card.training["command"].startswith("lightseg train --images")
@@ -45,6 +47,16 @@ def test_train_writes_a_loadable_model_with_its_card(few_slices, tmp_path):
     state = torch.load(out / "tiny.pt", weights_only=True)
     assert not any(k.startswith("heads.1.") for k in state)  # auxiliary heads are for training only
     load_network(card)
+
+
+def test_class_weights():
+    from LightSegLib.training.loop import class_weights
+
+    enet = class_weights("enet", 0.05)
+    assert enet[1] > 3 * enet[0]  # the rare infection class weighs more
+    assert torch.equal(class_weights("none", 0.05), torch.ones(2))
+    with pytest.raises(ValueError, match="unknown class weighting"):
+        class_weights("focal", 0.05)
 
 
 def test_train_refuses_to_overwrite_and_rejects_bad_folders(few_slices, tmp_path):
@@ -132,3 +144,4 @@ def test_time_budget_anneals_the_learning_rate():
     assert _progress(10, 100, 30.0, 1.0) == 0.5  # half the minute spent, a tenth of the steps done
     assert _progress(90, 100, 6.0, 1.0) == 0.9
     assert _progress(10, 100, 120.0, 1.0) == 1.0
+

@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--input-size", type=int)
+    p.add_argument("--class-weights", choices=("enet", "none"), default="enet",
+                   help="cross-entropy class weights: enet (official MiniSeg rule, favours infection) or none")
+    p.add_argument("--dice-weight", type=float, default=1.0, help="weight of the soft Dice term (0 for none)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--keep", choices=("best", "last"), default="best",
                    help="keep the epoch with the best validation Inf-Net Dice, or the last epoch")
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         raise LightSegError("give --images and --masks, or --volumes and --labels")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       input_size=args.input_size or recipe["input_size"], seed=args.seed,
+                      class_weights=args.class_weights, dice_weight=args.dice_weight,
                       minutes=args.minutes, device=str(pick_device(args.device)))
     request = TrainRequest(
         arch=args.arch, name=args.name, output_dir=output, data=data,

@@ -12,7 +12,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -59,6 +59,15 @@ def site_from_volumes(volumes: list[Path], labels: list[Path], base: ModelCard, 
         raise LightSegError("base model has no HU window, so it cannot be fine-tuned on CT volumes", base.path)
     extracted = volume_slices(volumes, labels, base.hu_window, segment)
     return SiteData(extracted.slices, {"kind": "CT volumes", **extracted.summary})
+
+
+def base_loss(base: ModelCard) -> dict[str, Any]:
+    """The loss settings the base was trained with (class weights, Dice weight), so fine-tuning keeps its
+    calibration; imported models and older cards, which do not record them, were trained with the defaults."""
+    recorded = base.training.get("hyperparameters", {}) if isinstance(base.training, dict) else {}
+    defaults = TrainConfig()
+    return {"class_weights": recorded.get("class_weights", defaults.class_weights),
+            "dice_weight": recorded.get("dice_weight", defaults.dice_weight)}
 
 
 def check_site_data(site: SiteData, source: str) -> None:

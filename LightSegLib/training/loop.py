@@ -31,6 +31,7 @@ class TrainConfig:
     input_size: int = 288
     seed: int = 0
     dice_weight: float = 1.0
+    class_weights: str = "enet"  # "enet" (official MiniSeg rule) or "none" (plain cross-entropy)
     minutes: float | None = None
     patience: int | None = None
     freeze_batchnorm: bool = False
@@ -67,8 +68,13 @@ class TrainResult:
         return [asdict(r) for r in self.history]
 
 
-def class_weights(infection_fraction: float) -> torch.Tensor:
-    """ENet class weights 1 / ln(1.1 + f_c) (the official MiniSeg rule) for background and infection."""
+def class_weights(scheme: str, infection_fraction: float) -> torch.Tensor:
+    """Cross-entropy weights of (background, infection): "enet", 1 / ln(1.1 + f_c) (the official MiniSeg rule), or
+    "none". ENet's weights favour the rare infection class, which also pushes background probabilities up."""
+    if scheme == "none":
+        return torch.ones(2)
+    if scheme != "enet":
+        raise ValueError(f"unknown class weighting {scheme!r}; use enet or none")
     f = torch.tensor([1 - infection_fraction, infection_fraction])
     return 1 / torch.log(1.1 + f)
 
@@ -167,7 +173,7 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
         reference_x, reference_p = (t.to(device) for t in reference)
     else:
         reference_x = reference_p = None
-    weights = class_weights(train_set.infection_fraction()).to(device)
+    weights = class_weights(cfg.class_weights, train_set.infection_fraction()).to(device)
     for name, p in model.named_parameters():  # no weight gradients for the layers that stay fixed
         p.requires_grad_(not cfg.trainable or in_stages(name, cfg.trainable))
     tuned = [p for p in model.parameters() if p.requires_grad]
