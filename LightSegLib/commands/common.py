@@ -5,8 +5,8 @@ from __future__ import annotations
 import gc
 import sys
 from contextlib import contextmanager
-from typing import Iterator
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import LightSegError
 
