@@ -1,6 +1,7 @@
 """How much does one 10-slice validation fold say? The same recipe on several random 40/10 splits of the 50 slices.
 
     python benchmarks/fold_variance.py [--init build/models/miniseg-pseudo.json] [--seeds 0 1 2 3 4] [--epochs 100]
+                                       [--extra TRAIN_OPTION ...]
 
 Each seed draws its own validation fold (and training order) and runs `lightseg train` from the same starting
 weights. The table shows each split's best-epoch and last-epoch validation Inf-Net Dice and Dice@0.5, then their
@@ -25,7 +26,7 @@ def train_split(seed: int, args: argparse.Namespace, out: Path) -> dict:
     command = [sys.executable, "-m", "LightSegLib", "train", "--arch", "miniseg", "--images", str(DATA / "images"),
                "--masks", str(DATA / "masks"), "--name", f"split{seed}", "-o", str(out), "--init", str(args.init),
                "--epochs", str(args.epochs), "--lr", str(args.lr), "--val-fraction", "0.2", "--seed", str(seed),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), *args.extra]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"train failed for seed {seed}: {result.stderr.strip()}")
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further lightseg train options")
     args = parser.parse_args()
 
     rows = []
@@ -54,7 +56,7 @@ def main() -> None:
             print(f"seed {seed}: best {row['best_infnet']:.4f} / {row['best_dice']:.4f}, last {row['last_infnet']:.4f} / "
                   f"{row['last_dice']:.4f} ({row['minutes']:.1f} min); validation {' '.join(row['validation'])}",
                   flush=True)
-    print(f"\n{args.epochs} epochs at lr {args.lr} from {args.init.name}")
+    print(f"\n{args.epochs} epochs at lr {args.lr} from {args.init.name} {' '.join(args.extra)}")
     print(f"{'split (seed)':<14} {'best InfNet':>12} {'best Dice':>10} {'last InfNet':>12} {'last Dice':>10}")
     for row in rows:
         print(f"{row['seed']:<14} {row['best_infnet']:12.4f} {row['best_dice']:10.4f} {row['last_infnet']:12.4f} "
