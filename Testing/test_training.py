@@ -49,6 +49,18 @@ def test_train_writes_a_loadable_model_with_its_card(few_slices, tmp_path):
     load_network(card)
 
 
+def test_card_records_the_whole_chain_of_parents(few_slices, tmp_path):
+    parent = ModelCard.load(REPO / "Resources" / "Models" / "miniseg-covid.json")
+    result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "child",
+                     "-o", tmp_path / "models", "--init", REPO / "Resources" / "Models" / "miniseg-covid.json",
+                     "--epochs", "1", "--input-size", "64", "--val-fraction", "0.25", "--hu-window-from", WINDOW)
+    assert result.returncode == 0, result.stderr
+    lineage = ModelCard.load(tmp_path / "models" / "child.json").training["initialised_from"]
+    assert lineage["sha256"] == parent.weights_sha256
+    assert lineage["training_command"] == parent.training["command"]
+    assert lineage["initialised_from"] == parent.training["initialised_from"] is not None
+
+
 def test_class_weights():
     from LightSegLib.training.loop import class_weights
 

@@ -133,7 +133,9 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
             "kept_checkpoint": request.keep,
             "initialised_from": None if request.init is None else {
                 "id": request.init.id, "sha256": request.init.weights_sha256,
-                "training_command": request.init.training.get("command")},
+                "training_command": request.init.training.get("command"),
+                # The parent's own parent, and so on: the card holds the whole recipe.
+                "initialised_from": request.init.training.get("initialised_from")},
             "stopped": result.stopped,
             "seconds": round(result.seconds, 1),
             "device": cfg.device,
