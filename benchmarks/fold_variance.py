@@ -61,8 +61,8 @@ def main() -> None:
     for row in rows:
         print(f"{row['seed']:<14} {row['best_infnet']:12.4f} {row['best_dice']:10.4f} {row['last_infnet']:12.4f} "
               f"{row['last_dice']:10.4f}")
-    for name, key in (("mean", statistics.mean), ("sd", statistics.stdev if len(rows) > 1 else lambda v: 0.0)):
-        values = [key([r[k] for r in rows]) for k in ("best_infnet", "best_dice", "last_infnet", "last_dice")]
+    for name, aggregate in (("mean", statistics.mean), ("sd", statistics.stdev if len(rows) > 1 else lambda v: 0.0)):
+        values = [aggregate([r[k] for r in rows]) for k in ("best_infnet", "best_dice", "last_infnet", "last_dice")]
         print(f"{name:<14} {values[0]:12.4f} {values[1]:10.4f} {values[2]:12.4f} {values[3]:10.4f}")
 
 
