@@ -10,6 +10,7 @@ import torch
 
 from conftest import REPO, SAMPLE, SEMISEG, run_cli
 from LightSegLib.cards import ModelCard, load_network, sha256_of
+from LightSegLib.errors import LightSegError
 from LightSegLib.io import ijk_to_lps
 from LightSegLib.training.augment import AugmentConfig, augment
 from LightSegLib.training.slices import keep_clear_slices_in_proportion, load_image_folders, split_fold
@@ -53,9 +54,14 @@ def test_card_records_the_whole_chain_of_parents(few_slices, tmp_path):
     parent = ModelCard.load(REPO / "Resources" / "Models" / "miniseg-covid.json")
     result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "child",
                      "-o", tmp_path / "models", "--init", REPO / "Resources" / "Models" / "miniseg-covid.json",
-                     "--epochs", "1", "--input-size", "64", "--val-fraction", "0.25", "--hu-window-from", WINDOW)
+                     "--epochs", "1", "--input-size", "64", "--val-fraction", "0.25", "--val-fold", "1",
+                     "--hu-window-from", WINDOW)
     assert result.returncode == 0, result.stderr
-    lineage = ModelCard.load(tmp_path / "models" / "child.json").training["initialised_from"]
+    child = ModelCard.load(tmp_path / "models" / "child.json")
+    names = sorted((p.stem for p in (few_slices / "images").iterdir()), key=lambda n: (len(n), n))  # load order
+    assert sorted(child.training["validation_names"]) == sorted(names[i] for i in split_fold(8, 0.25, 0, fold=1)[1])
+    assert child.validation["fold"].endswith("(seed 0, fold 1)")
+    lineage = child.training["initialised_from"]
     assert lineage["sha256"] == parent.weights_sha256
     assert lineage["training_command"] == parent.training["command"]
     assert lineage["initialised_from"] == parent.training["initialised_from"] is not None
@@ -87,6 +93,9 @@ def test_train_refuses_to_overwrite_and_rejects_bad_folders(few_slices, tmp_path
     result = run_cli("train", "--arch", "malunet", "--input-size", "100", "--images", few_slices / "images",
                      "--masks", few_slices / "masks", "--name", "x", "-o", out)
     assert result.returncode == 2 and "multiple of 32 for malunet" in result.stderr
+    result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "x",
+                     "-o", out, "--val-fraction", "0.25", "--val-fold", "4")
+    assert result.returncode == 2 and "validation fold 4 does not exist" in result.stderr
     assert not (out / "x.json").exists()
 
 
@@ -132,6 +141,18 @@ def test_split_and_clear_slice_proportion_are_seeded():
     data.targets[1] = np.zeros_like(data.targets[1])
     kept = keep_clear_slices_in_proportion(data, max_clear_fraction=0.02, seed=0)
     assert len(kept) == 48 + 1
+
+
+def test_validation_folds_of_one_seed_cover_every_slice_once():
+    """Cross-validation: folds 0-4 at 1/5 are disjoint, cover all 50 slices, and fold 0 is the default split."""
+    folds = [split_fold(50, 0.2, seed=0, fold=k) for k in range(5)]
+    assert np.array_equal(folds[0][1], split_fold(50, 0.2, seed=0)[1])
+    validated = np.concatenate([val for _, val in folds])
+    assert sorted(validated) == list(range(50))
+    for train, val in folds:
+        assert len(train) == 40 and not set(train) & set(val)
+    with pytest.raises(LightSegError, match="folds 0 to 4"):
+        split_fold(50, 0.2, seed=0, fold=5)
 
 
 def test_augmentation_keeps_images_and_targets_aligned():

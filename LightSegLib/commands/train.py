@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="cross-entropy class weights: enet (official MiniSeg rule, favours infection) or none")
     p.add_argument("--dice-weight", type=float, default=1.0, help="weight of the soft Dice term (0 for none)")
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--val-fold", type=int, default=0, metavar="K",
+                   help="validate on the seed's K-th block of --val-fraction (0, 1, ...: disjoint folds for "
+                        "cross-validation)")
     p.add_argument("--keep", choices=("best", "last"), default="best",
                    help="keep the epoch with the best validation Inf-Net Dice, or the last epoch")
     p.add_argument("--seed", type=int, default=0)
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     request = TrainRequest(
         arch=args.arch, name=args.name, output_dir=output, data=data,
         data_description=description,
-        val_fraction=args.val_fraction, keep=args.keep, init=init,
+        val_fraction=args.val_fraction, val_fold=args.val_fold, keep=args.keep, init=init,
         hu_window=window, version=args.version, description=args.description)
     path, result = run_training(request, cfg, describe_command(), on_epoch=print_epoch)
     print(f"saved {path} (epoch {result.best_epoch if args.keep == 'best' else len(result.history)} kept, "

@@ -48,6 +48,7 @@ class TrainRequest:
     data: SliceSet
     data_description: dict
     val_fraction: float = 0.2
+    val_fold: int = 0
     keep: str = "best"
     init: ModelCard | None = None
     hu_window: HUWindow | None = None
@@ -91,7 +92,7 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
                  on_epoch: Callable[[EpochRecord], None] | None = None) -> tuple[Path, TrainResult]:
     """Split, train and save; returns the card path and the training result."""
     arch_recipe(request.arch)
-    train_idx, val_idx = split_fold(len(request.data), request.val_fraction, cfg.seed)
+    train_idx, val_idx = split_fold(len(request.data), request.val_fraction, cfg.seed, request.val_fold)
     train_set, val_set = request.data.subset(train_idx), request.data.subset(val_idx)
     if request.init is not None:
         mean, std = request.init.normalisation["mean"], request.init.normalisation["std"]
@@ -144,7 +145,8 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
             "history": result.history_dicts(),
         },
         validation={
-            "fold": f"{len(val_set)} slices held out from the training folder (seed {cfg.seed})",
+            "fold": f"{len(val_set)} slices held out from the training folder (seed {cfg.seed}"
+                    + (f", fold {request.val_fold})" if request.val_fold else ")"),
             "selected_epoch": result.best_epoch if request.keep == "best" else len(result.history),
             "kept": result.best_val if request.keep == "best" else result.last_val,
             "last_epoch": result.last_val,

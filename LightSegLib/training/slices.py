@@ -93,11 +93,21 @@ def load_image_folders(images_dir: Path, masks_dir: Path, soft: bool = False) ->
     return result
 
 
-def split_fold(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random split of n items into (train, validation) index arrays; validation gets at least one."""
+def split_fold(n: int, val_fraction: float, seed: int, fold: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random split of n items into (train, validation) index arrays; validation gets at least one.
+
+    The seed's permutation is cut into consecutive validation blocks of the same size: ``fold`` picks one, so folds
+    0, 1, ... of one seed are disjoint and, with ``val_fraction`` 1/k, the k folds cover every item once
+    (cross-validation). Fold 0 is the split used without ``fold``.
+    """
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * val_fraction)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    folds = n // n_val
+    if not 0 <= fold < folds:
+        raise LightSegError(f"validation fold {fold} does not exist: {n} slices make folds 0 to {folds - 1} "
+                            f"of {n_val}")
+    validation = order[fold * n_val:(fold + 1) * n_val]
+    return np.sort(np.setdiff1d(order, validation)), np.sort(validation)
 
 
 @dataclass
