@@ -58,7 +58,7 @@ def test_card_records_the_whole_chain_of_parents(few_slices, tmp_path):
                      "--hu-window-from", WINDOW)
     assert result.returncode == 0, result.stderr
     child = ModelCard.load(tmp_path / "models" / "child.json")
-    names = sorted((p.stem for p in (few_slices / "images").iterdir()), key=lambda n: (len(n), n))  # load order
+    names = load_image_folders(few_slices / "images", few_slices / "masks").names
     assert sorted(child.training["validation_names"]) == sorted(names[i] for i in split_fold(8, 0.25, 0, fold=1)[1])
     assert child.validation["fold"].endswith("(seed 0, fold 1)")
     lineage = child.training["initialised_from"]

@@ -42,7 +42,7 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
     """Train every stage of one split, then score its kept model per image on the split's validation slices."""
     fold_option = ["--seed", "0", "--val-fold", str(split)] if args.folds else ["--seed", str(split)]
     stages = [(args.epochs, args.lr), *args.then]
-    init = args.init
+    init, seconds = args.init, 0.0
     for number, (epochs, lr) in enumerate(stages, 1):
         name = f"split{split}-stage{number}"
         run_lightseg(["train", "--arch", "miniseg", "--images", str(DATA / "images"), "--masks", str(DATA / "masks"),
@@ -50,7 +50,8 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
                       "--lr", str(lr), "--val-fraction", "0.2", *fold_option, "--keep", args.keep,
                       "--threads", str(args.threads), *args.extra], f"train, split {split}, stage {number}")
         init = out / f"{name}.json"
-    card = json.loads(init.read_text())
+        card = json.loads(init.read_text())
+        seconds += card["training"]["seconds"]
     history = card["training"]["history"]
     best = max(history, key=lambda e: e["val_infnet_dice"])
     scores = out / f"split{split}-scores.json"
@@ -60,8 +61,7 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
     return {"split": split, "validation": card["training"]["validation_names"], "best_infnet": best["val_infnet_dice"],
             "best_dice": best["val_dice"], "last_infnet": history[-1]["val_infnet_dice"],
             "last_dice": history[-1]["val_dice"],
-            "minutes": sum(json.loads((out / f"split{split}-stage{n}.json").read_text())["training"]["seconds"]
-                           for n in range(1, len(stages) + 1)) / 60,
+            "minutes": seconds / 60,
             "per_image": json.loads(scores.read_text())["per_image"]}
 
 
