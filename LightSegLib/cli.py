@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lightseg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``lightseg models --json | head``): stop quietly, as on SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def run() -> None:

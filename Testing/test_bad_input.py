@@ -1,11 +1,14 @@
 """Every bad input gives one line naming the file and the problem, exit code 2, and no output file."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import SimpleITK as sitk
 
-from conftest import SAMPLE, run_cli
+from conftest import REPO, SAMPLE, run_cli
 
 
 def _write(image, path):
@@ -123,3 +126,14 @@ def test_no_lungs_warns_and_writes_an_empty_mask(tmp_path, untrained_card):
     assert "phantom.nrrd: no lungs found" in result.stderr
     labels = sitk.ReadImage(str(out))
     assert labels.GetSize() == (64, 64, 16) and sitk.GetArrayViewFromImage(labels).max() == 0
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """``lightseg models --json | head -1``: the closed pipe ends the command with SIGPIPE's status, no traceback."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte is written
+    result = subprocess.run([sys.executable, "-m", "LightSegLib", "models", "--json"], stdout=write,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=300)
+    os.close(write)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""
