@@ -370,11 +370,11 @@ class LightSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _cardTooltip(card, bundled):
-        kept = card.validation.get("kept", {})
+        from LightSegLib.cards import validation_summary
+
         lines = [f"{card.id} {card.version} ({'bundled' if bundled else 'your model'})",
                  f"{card.architecture}, {card.parameters:,} parameters", card.description,
-                 f"validation: Inf-Net Dice {kept.get('infnet_dice', float('nan')):.3f}, "
-                 f"Dice@0.5 {kept.get('dice', float('nan')):.3f} on {kept.get('images', 0)} slices",
+                 f"validation: {validation_summary(card)}",
                  f"licence: {card.licence}"]
         if card.parent:
             lines.append(f"fine-tuned from {card.parent['id']}")

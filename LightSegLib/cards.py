@@ -97,6 +97,22 @@ class ModelCard:
         return card
 
 
+def validation_summary(card: ModelCard) -> str:
+    """The card's accuracy in one line: the cross-validated estimate for unseen slices first, where recorded, then the
+    figure on the model's own validation fold (optimistic when that fold also chose the kept epoch)."""
+    parts = []
+    cv = card.validation.get("cross_validation")
+    if cv:
+        parts.append(f"Inf-Net Dice {cv['infnet_dice']:.3f} (standard error {cv['infnet_dice_standard_error']:.3f}), "
+                     f"Dice@0.5 {cv['dice']:.3f} on unseen slices ({cv['folds']}-fold cross-validation of its recipe, "
+                     f"{cv['images']} slices)")
+    kept = card.validation.get("kept")
+    if kept:
+        parts.append(f"Inf-Net Dice {kept['infnet_dice']:.3f}, Dice@0.5 {kept['dice']:.3f} on its "
+                     f"{kept['images']}-slice validation fold")
+    return "; ".join(parts) or "no validation figures"
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

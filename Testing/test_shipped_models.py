@@ -8,6 +8,7 @@ import SimpleITK as sitk
 
 from conftest import P001_DICOM, P001_LABELS, REPO, SEMISEG, run_cli
 from LightSegLib import registry
+from LightSegLib.cards import validation_summary
 from LightSegLib.engine import Segmenter
 from LightSegLib.evaluation import infected_area_per_slice, read_slice_labels, slice_level_agreement
 
@@ -44,6 +45,20 @@ def test_cards_record_training_validation_and_window(model_id):
     assert card.training["command"].startswith("lightseg train")
     assert card.validation["kept"]["images"] == len(card.training["validation_names"]) > 0
     Segmenter(card, "cpu")  # sha256 verified, weights load strictly
+
+
+def test_default_model_card_carries_its_recipes_cross_validated_figure():
+    """Every labelled slice scored once, by a fold model that never saw it; `lightseg models` shows that figure."""
+    card = registry.resolve("miniseg-covid")
+    cv = card.validation["cross_validation"]
+    assert (cv["folds"], cv["images"]) == (5, len(list((SEMISEG / "masks").glob("*.png"))))
+    assert cv["command"].startswith("python benchmarks/fold_variance.py --folds 5 ")
+    assert min(cv["per_fold_infnet_dice"]) <= cv["infnet_dice"] <= max(cv["per_fold_infnet_dice"])
+    assert f"Inf-Net Dice {cv['infnet_dice']:.3f}" in validation_summary(card).split("; ")[0]
+    rows = {line.split()[0]: line for line in run_cli("models").stdout.splitlines()[1:]}
+    assert rows["miniseg-covid"].endswith(f"{cv['infnet_dice']:.3f} (cross-validated)")
+    ulite = registry.resolve("ulite-covid")
+    assert rows["ulite-covid"].endswith(f"{ulite.validation['kept']['infnet_dice']:.3f} (validation fold)")
 
 
 def test_evaluate_reproduces_the_cards_validation_figure(tmp_path):

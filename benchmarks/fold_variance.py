@@ -7,7 +7,9 @@
 Random splits (``--seeds``): each seed draws its own validation fold (and training order). Cross-validation
 (``--folds K``): folds 0..K-1 of seed 0 (``lightseg train --val-fold``) are disjoint and validate every slice once;
 fold 0 is the fold every model card uses. Each split runs `lightseg train` from the same starting weights, then
-each ``--then EPOCHS LR`` stage continues from the previous stage's kept model.
+each ``--then EPOCHS LR`` stage continues from the previous stage's kept model. A ``{split}`` in ``--init`` names a
+starting model per split, so a later stage can be cross-validated from split models kept (``--models``) by an earlier
+run: ``--init 'build/cv5-stage1/split{split}-stage1.json'``.
 
 The table shows each split's best-epoch and last-epoch validation Inf-Net Dice and Dice@0.5 (of the last stage),
 their mean and standard deviation over the splits, and the kept models' per-image figures pooled over every
@@ -42,7 +44,7 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
     """Train every stage of one split, then score its kept model per image on the split's validation slices."""
     fold_option = ["--seed", "0", "--val-fold", str(split)] if args.folds else ["--seed", str(split)]
     stages = [(args.epochs, args.lr), *args.then]
-    init, seconds = args.init, 0.0
+    init, seconds = Path(str(args.init).format(split=split)), 0.0
     for number, (epochs, lr) in enumerate(stages, 1):
         name = f"split{split}-stage{number}"
         run_lightseg(["train", "--arch", "miniseg", "--images", str(DATA / "images"), "--masks", str(DATA / "masks"),
@@ -78,17 +80,49 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     for name, aggregate in (("mean", statistics.mean), ("sd", statistics.stdev if len(rows) > 1 else lambda v: 0.0)):
         values = [aggregate([r[k] for r in rows]) for k in ("best_infnet", "best_dice", "last_infnet", "last_dice")]
         print(f"{name:<8} {values[0]:12.4f} {values[1]:10.4f} {values[2]:12.4f} {values[3]:10.4f}")
-    images = [image for row in rows for image in row["per_image"]]
+    figures = pooled(rows)
     for key, label in (("infnet_dice", "Inf-Net mean Dice"), ("dice", "Dice@0.5")):
+        print(f"kept models, per image over {figures['images']} validated slices: {label} {figures[key]:.4f} "
+              f"(standard error {figures[key + '_standard_error']:.4f})")
+
+
+def pooled(rows: list[dict]) -> dict:
+    """Mean per-image Inf-Net Dice and Dice@0.5 over every validated slice, with standard errors."""
+    images = [image for row in rows for image in row["per_image"]]
+    figures: dict = {"images": len(images)}
+    for key in ("infnet_dice", "dice"):
         values = [image[key] for image in images]
-        error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-        print(f"kept models, per image over {len(values)} validated slices: {label} {statistics.mean(values):.4f} "
-              f"(standard error {error:.4f})")
+        figures[key] = statistics.mean(values)
+        figures[key + "_standard_error"] = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
+    return figures
+
+
+def starting_command(init: Path) -> str | None:
+    """How the starting model was trained, where its card says so (the other folds' differ only in --val-fold)."""
+    return json.loads(init.read_text()).get("training", {}).get("command")
+
+
+def record_in_card(card_path: Path, rows: list[dict], args: argparse.Namespace) -> None:
+    """Write the cross-validated figures of the card's recipe into its ``validation.cross_validation``."""
+    card = json.loads(card_path.read_text())
+    figures = {k: round(v, 4) if isinstance(v, float) else v for k, v in pooled(rows).items()}
+    card["validation"]["cross_validation"] = {
+        **figures,
+        "folds": len(rows),
+        "kept_checkpoint": args.keep,
+        "per_fold_infnet_dice": [round(row["last_infnet" if args.keep == "last" else "best_infnet"], 4)
+                                 for row in rows],
+        "command": "python benchmarks/fold_variance.py " + " ".join(sys.argv[1:]),
+        "starting_model_of_fold_0": starting_command(Path(str(args.init).format(split=0))),
+        "note": "each slice scored by the fold model that never saw it: the estimate for unseen slices",
+    }
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--init", type=Path, default=REPO / "build" / "models" / "miniseg-pseudo.json")
+    parser.add_argument("--init", type=Path, default=REPO / "build" / "models" / "miniseg-pseudo.json",
+                        help="starting model; {split} in the path is replaced by the split's number")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--folds", type=int, help="cross-validate over folds 0..K-1 of seed 0 instead of --seeds")
     parser.add_argument("--epochs", type=int, default=100)
@@ -100,8 +134,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads per run (default 2 divided among the jobs)")
     parser.add_argument("--json", type=Path, help="also write every split's figures and per-image scores here")
     parser.add_argument("--models", type=Path, help="keep the split models in this folder (default: a temporary one)")
+    parser.add_argument("--record-in", type=Path, metavar="CARD",
+                        help="write the cross-validated figures into this model card (the recipe it was trained with)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further lightseg train options")
     args = parser.parse_args()
+    if args.record_in and not (args.folds and args.record_in.is_file()):
+        parser.error("--record-in needs --folds and an existing model card")
     args.threads = args.threads or max(1, 2 // args.jobs)
     splits = list(range(args.folds)) if args.folds else args.seeds
 
@@ -119,6 +157,8 @@ def main() -> None:
     print_table(rows, args)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    if args.record_in:
+        record_in_card(args.record_in, rows, args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from .. import registry
+    from ..cards import validation_summary
 
     if args.remove:
         for path in registry.remove_user_model(args.remove):
@@ -26,16 +27,29 @@ def run(args: argparse.Namespace) -> int:
     rows = [{"id": e.card.id, "version": e.card.version, "architecture": e.card.architecture,
              "parameters": e.card.parameters, "licence": e.card.licence.split(" (")[0],
              "where": "bundled" if e.bundled else "user",
-             "val_infnet_dice": e.card.validation.get("kept", {}).get("infnet_dice")} for e in entries]
+             "val_infnet_dice": e.card.validation.get("kept", {}).get("infnet_dice"),
+             "cv_infnet_dice": e.card.validation.get("cross_validation", {}).get("infnet_dice"),
+             "validation": validation_summary(e.card)} for e in entries]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
         print(f"no models found (bundled: {registry.bundled_dir()}, user: {registry.user_dir()})")
         return 0
-    header = ("id", "version", "architecture", "parameters", "licence", "where")
-    table = [header] + [tuple(f"{r[h]:,}" if h == "parameters" else str(r[h]) for h in header) for r in rows]
+    header = ("id", "version", "architecture", "parameters", "licence", "where", "Inf-Net Dice")
+    table = [header] + [(r["id"], r["version"], r["architecture"], f"{r['parameters']:,}", r["licence"], r["where"],
+                         _dice_cell(r)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0
+
+
+def _dice_cell(row: dict) -> str:
+    """The cross-validated figure where the card has one, else the model's own validation fold's."""
+    if row["cv_infnet_dice"] is not None:
+        return f"{row['cv_infnet_dice']:.3f} (cross-validated)"
+    if row["val_infnet_dice"] is not None:
+        return f"{row['val_infnet_dice']:.3f} (validation fold)"
+    return "-"
+
