@@ -40,11 +40,16 @@ def run_lightseg(arguments: list[str], what: str) -> None:
         sys.exit(f"{what} failed: {result.stderr.strip()}")
 
 
+def starting_model(args: argparse.Namespace, split: int) -> Path:
+    """``--init``, with ``{split}`` replaced by the split's number."""
+    return Path(str(args.init).format(split=split))
+
+
 def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
     """Train every stage of one split, then score its kept model per image on the split's validation slices."""
     fold_option = ["--seed", "0", "--val-fold", str(split)] if args.folds else ["--seed", str(split)]
     stages = [(args.epochs, args.lr), *args.then]
-    init, seconds = Path(str(args.init).format(split=split)), 0.0
+    init, seconds = starting_model(args, split), 0.0
     for number, (epochs, lr) in enumerate(stages, 1):
         name = f"split{split}-stage{number}"
         run_lightseg(["train", "--arch", "miniseg", "--images", str(DATA / "images"), "--masks", str(DATA / "masks"),
@@ -113,7 +118,7 @@ def record_in_card(card_path: Path, rows: list[dict], args: argparse.Namespace) 
         "per_fold_infnet_dice": [round(row["last_infnet" if args.keep == "last" else "best_infnet"], 4)
                                  for row in rows],
         "command": "python benchmarks/fold_variance.py " + " ".join(sys.argv[1:]),
-        "starting_model_of_fold_0": starting_command(Path(str(args.init).format(split=0))),
+        "starting_model_of_fold_0": starting_command(starting_model(args, 0)),
         "note": "each slice scored by the fold model that never saw it: the estimate for unseen slices",
     }
     card_path.write_text(json.dumps(card, indent=2) + "\n")

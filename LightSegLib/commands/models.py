@@ -52,4 +52,3 @@ def _dice_cell(row: dict) -> str:
     if row["val_infnet_dice"] is not None:
         return f"{row['val_infnet_dice']:.3f} (validation fold)"
     return "-"
-
