@@ -79,7 +79,7 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"{'split':<8} {'best InfNet':>12} {'best Dice':>10} {'last InfNet':>12} {'last Dice':>10} "
           f"{'kept InfNet':>12} {'kept Dice':>10}")
     for row in rows:
-        kept = [statistics.mean(image[k] for image in row["per_image"]) for k in ("infnet_dice", "dice")]
+        kept = [kept_mean(row, k) for k in ("infnet_dice", "dice")]
         print(f"{row['split']:<8} {row['best_infnet']:12.4f} {row['best_dice']:10.4f} {row['last_infnet']:12.4f} "
               f"{row['last_dice']:10.4f} {kept[0]:12.4f} {kept[1]:10.4f}")
     for name, aggregate in (("mean", statistics.mean), ("sd", statistics.stdev if len(rows) > 1 else lambda v: 0.0)):
@@ -89,6 +89,11 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     for key, label in (("infnet_dice", "Inf-Net mean Dice"), ("dice", "Dice@0.5")):
         print(f"kept models, per image over {figures['images']} validated slices: {label} {figures[key]:.4f} "
               f"(standard error {figures[key + '_standard_error']:.4f})")
+
+
+def kept_mean(row: dict, key: str) -> float:
+    """One split's kept model, mean per-image ``key`` over its validation slices (as scored by lightseg evaluate)."""
+    return statistics.mean(image[key] for image in row["per_image"])
 
 
 def pooled(rows: list[dict]) -> dict:
@@ -115,8 +120,7 @@ def record_in_card(card_path: Path, rows: list[dict], args: argparse.Namespace) 
         **figures,
         "folds": len(rows),
         "kept_checkpoint": args.keep,
-        "per_fold_infnet_dice": [round(row["last_infnet" if args.keep == "last" else "best_infnet"], 4)
-                                 for row in rows],
+        "per_fold_infnet_dice": [round(kept_mean(row, "infnet_dice"), 4) for row in rows],
         "command": "python benchmarks/fold_variance.py " + " ".join(sys.argv[1:]),
         "starting_model_of_fold_0": starting_command(starting_model(args, 0)),
         "note": "each slice scored by the fold model that never saw it: the estimate for unseen slices",
