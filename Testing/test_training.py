@@ -67,6 +67,55 @@ def test_card_records_the_whole_chain_of_parents(few_slices, tmp_path):
     assert lineage["initialised_from"] == parent.training["initialised_from"] is not None
 
 
+@pytest.fixture
+def few_pseudo_slices(tmp_path):
+    """Three real pseudo-labelled slices (soft Inf-Net labels), in a folder pair of their own."""
+    pseudo = SEMISEG.parent / "pseudo"
+    for kind, suffix in (("images", ".jpg"), ("masks", ".png")):
+        (tmp_path / "pseudo" / kind).mkdir(parents=True)
+        for name in ("Data-1_coronacases_org_001_100", "Data-1_coronacases_org_002_20", "Data-1_coronacases_org_003_64"):
+            (tmp_path / "pseudo" / kind / f"{name}{suffix}").write_bytes((pseudo / kind / f"{name}{suffix}").read_bytes())
+    return tmp_path / "pseudo"
+
+
+def test_train_mixes_pseudo_labelled_slices_into_every_step(few_slices, few_pseudo_slices, tmp_path):
+    """The same seeded run from scratch with and without pseudo-labelled slices: the card says what was mixed in, and
+    it changes the weights (a run without them is reproducible to the bit, so the difference is theirs)."""
+    common = ["train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--epochs", "1",
+              "--input-size", "64", "--val-fraction", "0.25", "--class-weights", "none", "--threads", "1", "--keep", "last"]
+    for name, extra in (("plain", []), ("plain-again", []),
+                        ("mixed", ["--pseudo-images", few_pseudo_slices / "images", "--pseudo-masks",
+                                   few_pseudo_slices / "masks", "--pseudo-per-step", "2", "--pseudo-weight", "0.5"])):
+        result = run_cli(*common, "--name", name, "-o", tmp_path / "models", *extra)
+        assert result.returncode == 0, result.stderr
+    states = {name: torch.load(tmp_path / "models" / f"{name}.pt", weights_only=True)
+              for name in ("plain", "plain-again", "mixed")}
+    def largest_change(other: str) -> float:
+        return max(float((states["plain"][k].float() - states[other][k].float()).abs().max()) for k in states["plain"])
+
+    assert largest_change("plain-again") == 0  # seeded from the initial weights on: the same run, the same model
+    assert largest_change("mixed") > 1e-3
+    card = ModelCard.load(tmp_path / "models" / "mixed.json")
+    assert card.training["pseudo_labelled_data"] == {"images": str(few_pseudo_slices / "images"),
+                                                     "masks": str(few_pseudo_slices / "masks"), "slices": 3,
+                                                     "per_step": 2, "weight": 0.5}
+    assert card.training["hyperparameters"]["pseudo_per_step"] == 2
+    assert card.training["train_slices"] == 6  # the pseudo-labelled slices are neither trained on as labels nor validated
+    assert ModelCard.load(tmp_path / "models" / "plain.json").training["pseudo_labelled_data"] is None
+
+
+def test_pseudo_stream_hands_out_every_slice_once_per_pass():
+    from LightSegLib.training.loop import PseudoStream
+    from LightSegLib.training.slices import SliceSet
+
+    data = SliceSet([np.full((8, 8), i / 10, np.float32) for i in range(5)], [np.zeros((8, 8), np.float32)] * 5,
+                    [str(i) for i in range(5)])
+    stream = PseudoStream(data, 8, torch.device("cpu"), torch.Generator().manual_seed(0))
+    taken = torch.cat([stream.take(2)[0] for _ in range(5)])[:, 0, 0, 0]  # ten slices: two full passes
+    first, second = (sorted(round(float(v) * 10) for v in half) for half in (taken[:5], taken[5:]))
+    assert first == second == [0, 1, 2, 3, 4]
+
+
 def test_class_weights():
     from LightSegLib.training.loop import class_weights
 
@@ -96,6 +145,9 @@ def test_train_refuses_to_overwrite_and_rejects_bad_folders(few_slices, tmp_path
     result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "x",
                      "-o", out, "--val-fraction", "0.25", "--val-fold", "4")
     assert result.returncode == 2 and "validation fold 4 does not exist" in result.stderr
+    result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "x",
+                     "-o", out, "--pseudo-images", few_slices / "images")
+    assert result.returncode == 2 and "give both --pseudo-images and --pseudo-masks" in result.stderr
     assert not (out / "x.json").exists()
 
 

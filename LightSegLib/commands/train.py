@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from ..errors import LightSegError
 from .common import load_window
+
+if TYPE_CHECKING:
+    from ..training.slices import SliceSet
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--volumes", type=Path, help="folder of CT volumes (or DICOM folders), instead of --images")
     p.add_argument("--labels", type=Path, help="label maps (1 = infection) or .seg.nrrd with the volumes' names")
     p.add_argument("--segment", default="Infection", help="segment name to use in .seg.nrrd labels")
+    p.add_argument("--pseudo-images", type=Path, metavar="DIR",
+                   help="pseudo-labelled slices mixed into every training step (semi-supervised; never validated on)")
+    p.add_argument("--pseudo-masks", type=Path, metavar="DIR", help="their soft 0-255 pseudo-labels")
+    p.add_argument("--pseudo-per-step", type=int, default=4, metavar="N",
+                   help="pseudo-labelled slices added to each step's batch (default 4)")
+    p.add_argument("--pseudo-weight", type=float, default=1.0, metavar="W",
+                   help="weight of the pseudo-labelled slices' loss (default 1)")
     p.add_argument("--name", required=True, help="model id, also the output file names")
     p.add_argument("-o", "--output", type=Path, help="output folder (default: the user model store)")
     p.add_argument("--init", help="start from this model's weights (id or card path)")
@@ -85,16 +97,34 @@ def run(args: argparse.Namespace) -> int:
                        "soft_labels": args.soft_labels}
     else:
         raise LightSegError("give --images and --masks, or --volumes and --labels")
+    pseudo, pseudo_description = _pseudo_slices(args)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       input_size=args.input_size or recipe["input_size"], seed=args.seed,
                       class_weights=args.class_weights, dice_weight=args.dice_weight,
-                      minutes=args.minutes, device=str(pick_device(args.device)))
+                      minutes=args.minutes, device=str(pick_device(args.device)),
+                      pseudo_per_step=args.pseudo_per_step if pseudo else 0, pseudo_weight=args.pseudo_weight)
     request = TrainRequest(
         arch=args.arch, name=args.name, output_dir=output, data=data,
         data_description=description,
         val_fraction=args.val_fraction, val_fold=args.val_fold, keep=args.keep, init=init,
-        hu_window=window, version=args.version, description=args.description)
+        hu_window=window, version=args.version, description=args.description,
+        pseudo=pseudo, pseudo_description=pseudo_description)
     path, result = run_training(request, cfg, describe_command(), on_epoch=print_epoch)
     print(f"saved {path} (epoch {result.best_epoch if args.keep == 'best' else len(result.history)} kept, "
           f"{result.stopped}, {result.seconds / 60:.1f} min)")
     return 0
+
+
+def _pseudo_slices(args: argparse.Namespace) -> tuple[SliceSet | None, dict | None]:
+    """The pseudo-labelled slices of --pseudo-images/--pseudo-masks and their description, or (None, None)."""
+    if not (args.pseudo_images or args.pseudo_masks):
+        return None, None
+    if not (args.pseudo_images and args.pseudo_masks):
+        raise LightSegError("give both --pseudo-images and --pseudo-masks")
+    if args.pseudo_per_step < 1:
+        raise LightSegError("--pseudo-per-step must be at least 1", args.pseudo_per_step)
+    from ..training.slices import load_image_folders
+
+    pseudo = load_image_folders(args.pseudo_images, args.pseudo_masks, soft=True)
+    return pseudo, {"images": str(args.pseudo_images), "masks": str(args.pseudo_masks), "slices": len(pseudo),
+                    "per_step": args.pseudo_per_step, "weight": args.pseudo_weight}

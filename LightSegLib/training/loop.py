@@ -38,6 +38,8 @@ class TrainConfig:
     anchor_weight: float = 0.0  # L2-SP: pull the weights towards the starting ones (fine-tuning without forgetting)
     reference_weight: float = 0.0  # keep the starting model's outputs on reference slices (learning without forgetting)
     trainable: tuple[str, ...] = ()  # modules (parameter-name prefixes) to train, empty for all; the rest stay fixed
+    pseudo_per_step: int = 0  # pseudo-labelled slices added to every step's batch (semi-supervised training)
+    pseudo_weight: float = 1.0  # weight of their loss against the labelled slices' loss
     device: str = "cpu"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -151,14 +153,34 @@ def _set_batchnorm_eval(model: nn.Module) -> None:
             module.eval()
 
 
+class PseudoStream:
+    """Pseudo-labelled slices handed out ``count`` at a time in a seeded order, reshuffled after each full pass."""
+
+    def __init__(self, data: SliceSet, size: int, device: torch.device, gen: torch.Generator) -> None:
+        self.images, self.targets = (t.to(device) for t in data.as_tensors(size))
+        self.gen = gen
+        self.order = torch.empty(0, dtype=torch.long, device=device)
+
+    def take(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.order) < count:
+            fresh = torch.randperm(len(self.images), generator=self.gen, device=self.images.device)
+            self.order = torch.cat([self.order, fresh])
+        idx, self.order = self.order[:count], self.order[count:]
+        return self.images[idx], self.targets[idx]
+
+
 def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: SliceSet | None, cfg: TrainConfig,
           on_epoch: Callable[[EpochRecord], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
-          reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainResult:
+          reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+          pseudo: SliceSet | None = None) -> TrainResult:
     """Train ``model`` in place; returns the state with the best validation Inf-Net Dice (or the last one).
 
     ``reference`` is (inputs, teacher probabilities): with ``cfg.reference_weight`` each step also fits a batch of
     them, so the model keeps the teacher's behaviour there.
+
+    ``pseudo`` holds pseudo-labelled slices: with ``cfg.pseudo_per_step`` each step's batch also carries that many
+    of them (augmented alike, in the same forward pass), their loss weighted by ``cfg.pseudo_weight``.
 
     Stops early, after validating the current partial epoch, when ``should_stop()`` turns true ("stop requested") or
     the time budget ``cfg.minutes`` is spent ("time budget"), both checked after every step.
@@ -173,6 +195,7 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
         reference_x, reference_p = (t.to(device) for t in reference)
     else:
         reference_x = reference_p = None
+    stream = PseudoStream(pseudo, cfg.input_size, device, gen) if pseudo is not None and cfg.pseudo_per_step else None
     weights = class_weights(cfg.class_weights, train_set.infection_fraction()).to(device)
     for name, p in model.named_parameters():  # no weight gradients for the layers that stay fixed
         p.requires_grad_(not cfg.trainable or in_stages(name, cfg.trainable))
@@ -204,12 +227,20 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
             if len(idx) < 2 and not cfg.freeze_batchnorm:
                 continue  # BatchNorm cannot train on a batch of one
             x, y = augment(images[idx], targets[idx], cfg.augment, gen)
+            if stream is not None:
+                x_pseudo, y_pseudo = augment(*stream.take(cfg.pseudo_per_step), cfg.augment, gen)
+                x, y = torch.cat([x, x_pseudo]), torch.cat([y, y_pseudo])
             lr = cfg.lr * (1 - _progress(step, total_steps, time.monotonic() - start, cfg.minutes)) ** 0.9
             for group in optimiser.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, enabled=use_amp):
                 outputs = model(normalise_input(x, spec.mean, spec.std))
-            loss = segmentation_loss(outputs, y, spec, weights, cfg.dice_weight)
+            labelled = len(idx)
+            loss = segmentation_loss(tuple(o[:labelled] for o in outputs), y[:labelled], spec, weights,
+                                     cfg.dice_weight)
+            if stream is not None:
+                loss = loss + cfg.pseudo_weight * segmentation_loss(tuple(o[labelled:] for o in outputs),
+                                                                    y[labelled:], spec, weights, cfg.dice_weight)
             if reference_x is not None:
                 pick = torch.randint(len(reference_x), (cfg.batch_size,), generator=gen, device=device)
                 with torch.autocast(device.type, enabled=use_amp):

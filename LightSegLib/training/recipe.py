@@ -55,6 +55,8 @@ class TrainRequest:
     version: str = "1.0.0"
     description: str = ""
     extra_card: dict = field(default_factory=dict)
+    pseudo: SliceSet | None = None  # pseudo-labelled slices mixed into every step (TrainConfig.pseudo_per_step)
+    pseudo_description: dict | None = None
 
 
 def inference_state(state: dict[str, torch.Tensor], architecture: str) -> dict[str, torch.Tensor]:
@@ -102,8 +104,9 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
     activation = ARCH_DEFAULTS[request.arch]["activation"]
     spec = InputSpec(mean, std, activation, 1 if activation == "softmax" else 0, (cfg.input_size, cfg.input_size))
     architecture = ARCH_DEFAULTS[request.arch]["architecture"]
+    torch.manual_seed(cfg.seed)  # the initial weights of a model trained from scratch come from the seed too
     model = _training_network(request.arch, request.init)
-    result = train(model, spec, train_set, val_set, cfg, on_epoch=on_epoch)
+    result = train(model, spec, train_set, val_set, cfg, on_epoch=on_epoch, pseudo=request.pseudo)
     state = result.best_state if request.keep == "best" else {k: v.cpu() for k, v in model.state_dict().items()}
     inference_config = inference_arch_config(model)
     inference_model = build_model(architecture, inference_config)
@@ -127,6 +130,7 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
         training={
             "command": shlex.join(command),
             "data": request.data_description,
+            "pseudo_labelled_data": request.pseudo_description,
             "train_slices": len(train_set),
             "validation_slices": len(val_set),
             "validation_names": val_set.names,
