@@ -97,9 +97,9 @@ def test_train_mixes_pseudo_labelled_slices_into_every_step(few_slices, few_pseu
     assert largest_change("mixed") > 1e-3
     card = ModelCard.load(tmp_path / "models" / "mixed.json")
     assert card.training["pseudo_labelled_data"] == {"images": str(few_pseudo_slices / "images"),
-                                                     "masks": str(few_pseudo_slices / "masks"), "slices": 3,
-                                                     "per_step": 2, "weight": 0.5}
+                                                     "masks": str(few_pseudo_slices / "masks"), "slices": 3}
     assert card.training["hyperparameters"]["pseudo_per_step"] == 2
+    assert card.training["hyperparameters"]["pseudo_weight"] == 0.5
     assert card.training["train_slices"] == 6  # the pseudo-labelled slices are neither trained on as labels nor validated
     assert ModelCard.load(tmp_path / "models" / "plain.json").training["pseudo_labelled_data"] is None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from ..errors import LightSegError
@@ -116,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _pseudo_slices(args: argparse.Namespace) -> tuple[SliceSet | None, dict | None]:
-    """The pseudo-labelled slices of --pseudo-images/--pseudo-masks and their description, or (None, None)."""
+    """The pseudo-labelled slices of --pseudo-images/--pseudo-masks and where they came from, or (None, None).
+
+    How many go into each step and their weight are hyper-parameters (TrainConfig), recorded with the others.
+    """
     if not (args.pseudo_images or args.pseudo_masks):
         return None, None
     if not (args.pseudo_images and args.pseudo_masks):
@@ -126,5 +128,4 @@ def _pseudo_slices(args: argparse.Namespace) -> tuple[SliceSet | None, dict | No
     from ..training.slices import load_image_folders
 
     pseudo = load_image_folders(args.pseudo_images, args.pseudo_masks, soft=True)
-    return pseudo, {"images": str(args.pseudo_images), "masks": str(args.pseudo_masks), "slices": len(pseudo),
-                    "per_step": args.pseudo_per_step, "weight": args.pseudo_weight}
+    return pseudo, {"images": str(args.pseudo_images), "masks": str(args.pseudo_masks), "slices": len(pseudo)}
