@@ -97,11 +97,62 @@ def test_train_mixes_pseudo_labelled_slices_into_every_step(few_slices, few_pseu
     assert largest_change("mixed") > 1e-3
     card = ModelCard.load(tmp_path / "models" / "mixed.json")
     assert card.training["pseudo_labelled_data"] == {"images": str(few_pseudo_slices / "images"),
-                                                     "masks": str(few_pseudo_slices / "masks"), "slices": 3}
+                                                     "masks": str(few_pseudo_slices / "masks"), "slices": 3,
+                                                     "labelled_by": None}  # Inf-Net's labels carry no provenance
     assert card.training["hyperparameters"]["pseudo_per_step"] == 2
     assert card.training["hyperparameters"]["pseudo_weight"] == 0.5
     assert card.training["train_slices"] == 6  # the pseudo-labelled slices are neither trained on as labels nor validated
     assert ModelCard.load(tmp_path / "models" / "plain.json").training["pseudo_labelled_data"] is None
+
+
+def test_pseudo_label_writes_the_models_probabilities_as_soft_masks(few_slices, few_pseudo_slices, tmp_path):
+    """Self-training input: one 0-255 mask per slice, exactly the model's probability map, and which model made
+    them, which a model trained on them records in its card."""
+    from LightSegLib import registry
+    from LightSegLib.engine import Segmenter
+    from LightSegLib.network import predict_image
+
+    out = tmp_path / "self-labels"
+    result = run_cli("pseudo-label", few_pseudo_slices / "images", "--model", "miniseg-covid", "-o", out,
+                     "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    labelled = load_image_folders(few_pseudo_slices / "images", out, soft=True)
+    assert labelled.names == load_image_folders(few_pseudo_slices / "images", few_pseudo_slices / "masks").names
+    segmenter = Segmenter(registry.resolve("miniseg-covid"), "cpu")
+    for image, mask in zip(labelled.images, labelled.targets):
+        expected = predict_image(segmenter.model, segmenter.spec, image, segmenter.device)
+        assert mask.shape == image.shape
+        assert np.abs(mask - expected).max() <= 0.5 / 255 + 1e-6
+    assert max(mask.max() for mask in labelled.targets) > 0.5  # these slices are infected: not a blank map
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+    shipped = ModelCard.load(REPO / "Resources" / "Models" / "miniseg-covid.json")
+    provenance = json.loads((out / "pseudo-labels.json").read_text())
+    assert provenance["model"] == "miniseg-covid" and provenance["weights_sha256"] == shipped.weights_sha256
+    assert provenance["command"].startswith("lightseg pseudo-label ") and provenance["slices"] == 3
+    result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "student",
+                     "-o", tmp_path / "models", "--epochs", "1", "--input-size", "64", "--val-fraction", "0.25",
+                     "--pseudo-images", few_pseudo_slices / "images", "--pseudo-masks", out)
+    assert result.returncode == 0, result.stderr
+    assert ModelCard.load(tmp_path / "models" / "student.json").training["pseudo_labelled_data"]["labelled_by"] == provenance
+
+
+def test_pseudo_label_refuses_to_overwrite_and_rejects_bad_folders(few_pseudo_slices, tmp_path):
+    out = tmp_path / "self-labels"
+    out.mkdir()
+    (out / "mine.png").write_bytes(b"the user's file")
+    result = run_cli("pseudo-label", few_pseudo_slices / "images", "-o", out, "--device", "cpu")
+    assert result.returncode == 2 and "self-labels: output exists (use --force" in result.stderr
+    assert (out / "mine.png").read_bytes() == b"the user's file"
+    result = run_cli("pseudo-label", tmp_path / "nope", "-o", tmp_path / "other", "--device", "cpu")
+    assert result.returncode == 2 and "nope: not a folder" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = run_cli("pseudo-label", tmp_path / "empty", "-o", tmp_path / "other", "--device", "cpu")
+    assert result.returncode == 2 and "empty: no image files in the folder" in result.stderr
+    assert not (tmp_path / "other").exists()
+    result = run_cli("pseudo-label", few_pseudo_slices / "images", "-o", out, "--device", "cpu", "--force")
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted([p.stem + ".png" for p in (few_pseudo_slices / "images").iterdir()] + ["pseudo-labels.json"])
 
 
 def test_pseudo_stream_hands_out_every_slice_once_per_pass():

@@ -9,7 +9,8 @@ Random splits (``--seeds``): each seed draws its own validation fold (and traini
 fold 0 is the fold every model card uses. Each split runs `lightseg train` from the same starting weights, then
 each ``--then EPOCHS LR`` stage continues from the previous stage's kept model. A ``{split}`` in ``--init`` names a
 starting model per split, so a later stage can be cross-validated from split models kept (``--models``) by an earlier
-run: ``--init 'build/cv5-stage1/split{split}-stage1.json'``.
+run: ``--init 'build/cv5-stage1/split{split}-stage1.json'``. ``{split}`` in an ``--extra`` option is replaced too
+(per-split pseudo-labels: ``--pseudo-masks 'build/pseudo-self/split{split}'``).
 
 The table shows each split's best-epoch and last-epoch validation Inf-Net Dice and Dice@0.5 (of the last stage),
 their mean and standard deviation over the splits, and the kept models' per-image figures pooled over every
@@ -45,6 +46,11 @@ def starting_model(args: argparse.Namespace, split: int) -> Path:
     return Path(str(args.init).format(split=split))
 
 
+def split_options(args: argparse.Namespace, split: int) -> list[str]:
+    """``--extra``, with ``{split}`` replaced by the split's number."""
+    return [option.replace("{split}", str(split)) for option in args.extra]
+
+
 def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
     """Train every stage of one split, then score its kept model per image on the split's validation slices."""
     fold_option = ["--seed", "0", "--val-fold", str(split)] if args.folds else ["--seed", str(split)]
@@ -55,7 +61,7 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
         run_lightseg(["train", "--arch", "miniseg", "--images", str(DATA / "images"), "--masks", str(DATA / "masks"),
                       "--name", name, "-o", str(out), "--init", str(init), "--epochs", str(int(epochs)),
                       "--lr", str(lr), "--val-fraction", "0.2", *fold_option, "--keep", args.keep,
-                      "--threads", str(args.threads), *args.extra], f"train, split {split}, stage {number}")
+                      "--threads", str(args.threads), *split_options(args, split)], f"train, split {split}, stage {number}")
         init = out / f"{name}.json"
         card = json.loads(init.read_text())
         seconds += card["training"]["seconds"]

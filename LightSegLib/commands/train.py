@@ -125,7 +125,9 @@ def _pseudo_slices(args: argparse.Namespace) -> tuple[SliceSet | None, dict | No
         raise LightSegError("give both --pseudo-images and --pseudo-masks")
     if args.pseudo_per_step < 1:
         raise LightSegError("--pseudo-per-step must be at least 1", args.pseudo_per_step)
+    from ..training.pseudo_labels import read_provenance
     from ..training.slices import load_image_folders
 
     pseudo = load_image_folders(args.pseudo_images, args.pseudo_masks, soft=True)
-    return pseudo, {"images": str(args.pseudo_images), "masks": str(args.pseudo_masks), "slices": len(pseudo)}
+    return pseudo, {"images": str(args.pseudo_images), "masks": str(args.pseudo_masks), "slices": len(pseudo),
+                    "labelled_by": read_provenance(args.pseudo_masks)}

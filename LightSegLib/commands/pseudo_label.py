@@ -1,0 +1,38 @@
+"""``lightseg pseudo-label``: a model's soft infection masks for a folder of unlabelled slices."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..defaults import DEFAULT_MODEL
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pseudo-label", help="write a model's soft 0-255 infection masks for unlabelled 2D slices "
+                                            "(for lightseg train --pseudo-masks)")
+    p.add_argument("images", type=Path, help="folder of 2D slices (8-bit, like the training images)")
+    p.add_argument("--model", help=f"model id or card path (default {DEFAULT_MODEL})")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder to create with one NAME.png per slice")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from tqdm import tqdm
+
+    from .. import registry
+    from ..engine import Segmenter
+    from ..training.pseudo_labels import labeller_of, unlabelled_images, write_pseudo_labels
+    from ..training.recipe import describe_command
+
+    segmenter = Segmenter(registry.resolve(args.model), args.device)
+    total = len(unlabelled_images(args.images))
+    with tqdm(total=total, desc="pseudo-labelling", unit="slice", disable=not sys.stderr.isatty(), leave=False) as bar:
+        count = write_pseudo_labels(segmenter, args.images, args.output, labeller_of(segmenter, describe_command()),
+                                    args.force, on_image=bar.update)
+    print(f"{count} pseudo-labels by {segmenter.card.id} {segmenter.card.version} in {args.output}")
+    return 0

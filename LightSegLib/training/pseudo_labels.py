@@ -1,0 +1,85 @@
+"""Pseudo-labels: a model's soft infection probabilities for unlabelled slices, written as 0-255 PNG masks.
+
+They are the input ``lightseg train --pseudo-images/--pseudo-masks`` and ``--soft-labels`` expect, so a site can
+self-train on its own unlabelled slices with its own model instead of Inf-Net's labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..engine import Segmenter
+from ..errors import LightSegError
+from ..network import predict_image
+from .slices import IMAGE_SUFFIXES, read_gray
+
+PROVENANCE_FILE = "pseudo-labels.json"  # beside the masks: which model made them (train copies it into its card)
+
+
+def unlabelled_images(images_dir: Path) -> list[Path]:
+    """The image files of a folder, in the order ``load_image_folders`` reads them."""
+    if not images_dir.is_dir():
+        raise LightSegError("not a folder", images_dir)
+    images = sorted((p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                    key=lambda p: (len(p.stem), p.stem))
+    if not images:
+        raise LightSegError("no image files in the folder", images_dir)
+    return images
+
+
+def labeller_of(segmenter: Segmenter, command: list[str]) -> dict:
+    """What ``PROVENANCE_FILE`` says about the model that labels: enough to tell it apart and to remake it."""
+    card = segmenter.card
+    return {"model": card.id, "version": card.version, "weights_sha256": card.weights_sha256,
+            "model_training_command": card.training.get("command"), "command": " ".join(command)}
+
+
+def read_provenance(masks_dir: Path) -> dict | None:
+    """The ``PROVENANCE_FILE`` of a pseudo-label folder, or None for labels made elsewhere (Inf-Net's, say)."""
+    path = Path(masks_dir) / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LightSegError(f"cannot read the pseudo-label provenance ({exc})", path) from None
+
+
+def write_pseudo_labels(segmenter: Segmenter, images_dir: Path, out_dir: Path, provenance: dict,
+                        force: bool = False, on_image: Callable[[], None] | None = None) -> int:
+    """Write ``out_dir/NAME.png`` (probability x 255, rounded) for every image, and ``provenance`` with the image
+    folder and count as ``PROVENANCE_FILE``; returns how many images.
+
+    The folder appears complete or not at all: it is filled under a temporary name beside it and renamed at the end.
+    An existing ``out_dir`` is replaced only with ``force``.
+    """
+    images = unlabelled_images(images_dir)
+    if out_dir.exists() and not force:
+        raise LightSegError("output exists (use --force to overwrite it)", out_dir)
+    if not out_dir.parent.is_dir():
+        raise LightSegError("output folder does not exist", out_dir.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for path in images:
+            probability = predict_image(segmenter.model, segmenter.spec, read_gray(path), segmenter.device)
+            mask = np.rint(probability * 255.0).astype(np.uint8)
+            Image.fromarray(mask).save(staging / f"{path.stem}.png")
+            if on_image:
+                on_image()
+        record = {**provenance, "images": str(images_dir), "slices": len(images)}
+        (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return len(images)
