@@ -22,13 +22,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..calibration import crop_hu_values, fit_window, training_quantiles
     from ..io import check_output_path, read_image, write_atomically
-    from ..training.slices import IMAGE_SUFFIXES, read_gray
+    from ..training.slices import image_files, read_gray
 
     if args.output:
         check_output_path(args.output, (".json",), args.force)
-    if not args.images.is_dir():
-        raise LightSegError("not a folder", args.images)
-    images = [read_gray(p) for p in sorted(args.images.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    images = [read_gray(p) for p in image_files(args.images)]
     if not images:
         raise LightSegError("no images in folder", args.images)
     values, slices = crop_hu_values(read_image(args.volume).image)

@@ -30,9 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training.recipe import describe_command
 
     segmenter = Segmenter(registry.resolve(args.model), args.device)
-    total = len(unlabelled_images(args.images))
-    with tqdm(total=total, desc="pseudo-labelling", unit="slice", disable=not sys.stderr.isatty(), leave=False) as bar:
-        count = write_pseudo_labels(segmenter, args.images, args.output, labeller_of(segmenter, describe_command()),
-                                    args.force, on_image=bar.update)
-    print(f"{count} pseudo-labels by {segmenter.card.id} {segmenter.card.version} in {args.output}")
+    images = unlabelled_images(args.images)
+    with tqdm(total=len(images), desc="pseudo-labelling", unit="slice", disable=not sys.stderr.isatty(),
+              leave=False) as bar:
+        write_pseudo_labels(segmenter, images, args.output, labeller_of(segmenter, describe_command()), args.force,
+                            on_image=bar.update)
+    print(f"{len(images)} pseudo-labels by {segmenter.card.id} {segmenter.card.version} in {args.output}")
     return 0

@@ -19,17 +19,14 @@ from PIL import Image
 from ..engine import Segmenter
 from ..errors import LightSegError
 from ..network import predict_image
-from .slices import IMAGE_SUFFIXES, read_gray
+from .slices import image_files, read_gray
 
 PROVENANCE_FILE = "pseudo-labels.json"  # beside the masks: which model made them (train copies it into its card)
 
 
 def unlabelled_images(images_dir: Path) -> list[Path]:
-    """The image files of a folder, in the order ``load_image_folders`` reads them."""
-    if not images_dir.is_dir():
-        raise LightSegError("not a folder", images_dir)
-    images = sorted((p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                    key=lambda p: (len(p.stem), p.stem))
+    """The image files of a folder, in the order ``load_image_folders`` reads them; none is an error."""
+    images = image_files(images_dir)
     if not images:
         raise LightSegError("no image files in the folder", images_dir)
     return images
@@ -53,15 +50,14 @@ def read_provenance(masks_dir: Path) -> dict | None:
         raise LightSegError(f"cannot read the pseudo-label provenance ({exc})", path) from None
 
 
-def write_pseudo_labels(segmenter: Segmenter, images_dir: Path, out_dir: Path, provenance: dict,
-                        force: bool = False, on_image: Callable[[], None] | None = None) -> int:
-    """Write ``out_dir/NAME.png`` (probability x 255, rounded) for every image, and ``provenance`` with the image
-    folder and count as ``PROVENANCE_FILE``; returns how many images.
+def write_pseudo_labels(segmenter: Segmenter, images: list[Path], out_dir: Path, provenance: dict,
+                        force: bool = False, on_image: Callable[[], None] | None = None) -> None:
+    """Write ``out_dir/NAME.png`` (probability x 255, rounded) for each of ``images`` (``unlabelled_images``), and
+    ``provenance`` with their folder and count as ``PROVENANCE_FILE``.
 
     The folder appears complete or not at all: it is filled under a temporary name beside it and renamed at the end.
     An existing ``out_dir`` is replaced only with ``force``.
     """
-    images = unlabelled_images(images_dir)
     if out_dir.exists() and not force:
         raise LightSegError("output exists (use --force to overwrite it)", out_dir)
     if not out_dir.parent.is_dir():
@@ -74,7 +70,7 @@ def write_pseudo_labels(segmenter: Segmenter, images_dir: Path, out_dir: Path, p
             Image.fromarray(mask).save(staging / f"{path.stem}.png")
             if on_image:
                 on_image()
-        record = {**provenance, "images": str(images_dir), "slices": len(images)}
+        record = {**provenance, "images": str(images[0].parent), "slices": len(images)}
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -82,4 +78,3 @@ def write_pseudo_labels(segmenter: Segmenter, images_dir: Path, out_dir: Path, p
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return len(images)

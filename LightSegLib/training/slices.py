@@ -69,14 +69,18 @@ def read_gray(path: Path) -> np.ndarray:
     return array.astype(np.float32) / scale
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder, in natural order of their names ("2" before "10")."""
+    if not Path(folder).is_dir():
+        raise LightSegError("not a folder", folder)
+    return sorted((p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                  key=lambda p: (len(p.stem), p.stem))
+
+
 def load_image_folders(images_dir: Path, masks_dir: Path, soft: bool = False) -> SliceSet:
     """Pairs ``images_dir/NAME.*`` with ``masks_dir/NAME.png``; masks > 127 are infection (kept soft if ``soft``)."""
-    for d in (images_dir, masks_dir):
-        if not Path(d).is_dir():
-            raise LightSegError("not a folder", d)
-    masks = {p.stem: p for p in Path(masks_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    images = sorted((p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
-                    key=lambda p: (len(p.stem), p.stem))
+    images = image_files(images_dir)
+    masks = {p.stem: p for p in image_files(masks_dir)}
     result = SliceSet()
     for image_path in images:
         mask_path = masks.get(image_path.stem)
