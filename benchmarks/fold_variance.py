@@ -41,14 +41,19 @@ def run_lightseg(arguments: list[str], what: str) -> None:
         sys.exit(f"{what} failed: {result.stderr.strip()}")
 
 
+def for_split(text: str, split: int) -> str:
+    """``text`` with ``{split}`` replaced by the split's number."""
+    return text.replace("{split}", str(split))
+
+
 def starting_model(args: argparse.Namespace, split: int) -> Path:
-    """``--init``, with ``{split}`` replaced by the split's number."""
-    return Path(str(args.init).format(split=split))
+    """``--init`` for this split."""
+    return Path(for_split(str(args.init), split))
 
 
 def split_options(args: argparse.Namespace, split: int) -> list[str]:
-    """``--extra``, with ``{split}`` replaced by the split's number."""
-    return [option.replace("{split}", str(split)) for option in args.extra]
+    """``--extra`` for this split."""
+    return [for_split(option, split) for option in args.extra]
 
 
 def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:

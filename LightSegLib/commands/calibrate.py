@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import LightSegError
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate-window", help="measure the HU window that maps a CT into the training slices' domain")
@@ -22,13 +20,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..calibration import crop_hu_values, fit_window, training_quantiles
     from ..io import check_output_path, read_image, write_atomically
-    from ..training.slices import image_files, read_gray
+    from ..training.slices import read_gray, require_image_files
 
     if args.output:
         check_output_path(args.output, (".json",), args.force)
-    images = [read_gray(p) for p in image_files(args.images)]
-    if not images:
-        raise LightSegError("no images in folder", args.images)
+    images = [read_gray(p) for p in require_image_files(args.images)]
     values, slices = crop_hu_values(read_image(args.volume).image)
     fit = fit_window(training_quantiles(images), values)
     result = {"level": fit.level, "width": fit.width, "distance": round(fit.distance, 5),

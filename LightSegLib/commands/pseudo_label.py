@@ -26,11 +26,12 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import registry
     from ..engine import Segmenter
-    from ..training.pseudo_labels import labeller_of, unlabelled_images, write_pseudo_labels
+    from ..training.pseudo_labels import labeller_of, write_pseudo_labels
     from ..training.recipe import describe_command
+    from ..training.slices import require_image_files
 
+    images = require_image_files(args.images)
     segmenter = Segmenter(registry.resolve(args.model), args.device)
-    images = unlabelled_images(args.images)
     with tqdm(total=len(images), desc="pseudo-labelling", unit="slice", disable=not sys.stderr.isatty(),
               leave=False) as bar:
         write_pseudo_labels(segmenter, images, args.output, labeller_of(segmenter, describe_command()), args.force,

@@ -19,17 +19,9 @@ from PIL import Image
 from ..engine import Segmenter
 from ..errors import LightSegError
 from ..network import predict_image
-from .slices import image_files, read_gray
+from .slices import read_gray
 
 PROVENANCE_FILE = "pseudo-labels.json"  # beside the masks: which model made them (train copies it into its card)
-
-
-def unlabelled_images(images_dir: Path) -> list[Path]:
-    """The image files of a folder, in the order ``load_image_folders`` reads them; none is an error."""
-    images = image_files(images_dir)
-    if not images:
-        raise LightSegError("no image files in the folder", images_dir)
-    return images
 
 
 def labeller_of(segmenter: Segmenter, command: list[str]) -> dict:
@@ -52,7 +44,7 @@ def read_provenance(masks_dir: Path) -> dict | None:
 
 def write_pseudo_labels(segmenter: Segmenter, images: list[Path], out_dir: Path, provenance: dict,
                         force: bool = False, on_image: Callable[[], None] | None = None) -> None:
-    """Write ``out_dir/NAME.png`` (probability x 255, rounded) for each of ``images`` (``unlabelled_images``), and
+    """Write ``out_dir/NAME.png`` (probability x 255, rounded) for each of ``images`` (``require_image_files``), and
     ``provenance`` with their folder and count as ``PROVENANCE_FILE``.
 
     The folder appears complete or not at all: it is filled under a temporary name beside it and renamed at the end.

@@ -77,6 +77,14 @@ def image_files(folder: Path) -> list[Path]:
                   key=lambda p: (len(p.stem), p.stem))
 
 
+def require_image_files(folder: Path) -> list[Path]:
+    """``image_files`` of a folder that must hold at least one (unlabelled slices to label or to calibrate on)."""
+    images = image_files(folder)
+    if not images:
+        raise LightSegError("no image files in the folder", folder)
+    return images
+
+
 def load_image_folders(images_dir: Path, masks_dir: Path, soft: bool = False) -> SliceSet:
     """Pairs ``images_dir/NAME.*`` with ``masks_dir/NAME.png``; masks > 127 are infection (kept soft if ``soft``)."""
     images = image_files(images_dir)
