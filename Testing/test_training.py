@@ -129,6 +129,17 @@ def test_pseudo_label_writes_the_models_probabilities_as_soft_masks(few_slices, 
     provenance = json.loads((out / "pseudo-labels.json").read_text())
     assert provenance["model"] == "miniseg-covid" and provenance["weights_sha256"] == shipped.weights_sha256
     assert provenance["command"].startswith("lightseg pseudo-label ") and provenance["slices"] == 3
+    assert provenance["threshold"] is None
+    hard = tmp_path / "hard-labels"
+    result = run_cli("pseudo-label", few_pseudo_slices / "images", "--model", "miniseg-covid", "-o", hard,
+                     "--threshold", "0.5", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    hard_labelled = load_image_folders(few_pseudo_slices / "images", hard, soft=True)
+    for image, hard_mask in zip(hard_labelled.images, hard_labelled.targets):
+        expected = predict_image(segmenter.model, segmenter.spec, image, segmenter.device)
+        assert set(np.unique(hard_mask)) == {0.0, 1.0}
+        assert np.array_equal(hard_mask == 1.0, expected >= 0.5)
+    assert json.loads((hard / "pseudo-labels.json").read_text())["threshold"] == 0.5
     result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "student",
                      "-o", tmp_path / "models", "--epochs", "1", "--input-size", "64", "--val-fraction", "0.25",
                      "--pseudo-images", few_pseudo_slices / "images", "--pseudo-masks", out)
@@ -148,6 +159,10 @@ def test_pseudo_label_refuses_to_overwrite_and_rejects_bad_folders(few_pseudo_sl
     (tmp_path / "empty").mkdir()
     result = run_cli("pseudo-label", tmp_path / "empty", "-o", tmp_path / "other", "--device", "cpu")
     assert result.returncode == 2 and "empty: no image files in the folder" in result.stderr
+    for threshold in ("0", "1.5"):
+        result = run_cli("pseudo-label", few_pseudo_slices / "images", "-o", tmp_path / "other", "--threshold",
+                         threshold, "--device", "cpu")
+        assert result.returncode == 2 and f"{float(threshold)}: pseudo-label threshold must be in (0, 1]" in result.stderr
     assert not (tmp_path / "other").exists()
     result = run_cli("pseudo-label", few_pseudo_slices / "images", "-o", out, "--device", "cpu", "--force")
     assert result.returncode == 0, result.stderr

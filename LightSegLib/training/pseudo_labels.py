@@ -1,4 +1,5 @@
-"""Pseudo-labels: a model's soft infection probabilities for unlabelled slices, written as 0-255 PNG masks.
+"""Pseudo-labels: a model's infection probabilities for unlabelled slices, written as 0-255 PNG masks (soft, or hard
+0/255 at a probability threshold).
 
 They are the input ``lightseg train --pseudo-images/--pseudo-masks`` and ``--soft-labels`` expect, so a site can
 self-train on its own unlabelled slices with its own model instead of Inf-Net's labels.
@@ -43,13 +44,17 @@ def read_provenance(masks_dir: Path) -> dict | None:
 
 
 def write_pseudo_labels(segmenter: Segmenter, images: list[Path], out_dir: Path, provenance: dict,
-                        force: bool = False, on_image: Callable[[], None] | None = None) -> None:
-    """Write ``out_dir/NAME.png`` (probability x 255, rounded) for each of ``images`` (``require_image_files``), and
-    ``provenance`` with their folder and count as ``PROVENANCE_FILE``.
+                        force: bool = False, on_image: Callable[[], None] | None = None,
+                        threshold: float | None = None) -> None:
+    """Write ``out_dir/NAME.png`` for each of ``images`` (``require_image_files``): the probability x 255, rounded, or
+    with ``threshold`` 255 where the probability is at least ``threshold`` and 0 elsewhere. ``provenance``, with the
+    images' folder, their count and the threshold, goes to ``PROVENANCE_FILE``.
 
     The folder appears complete or not at all: it is filled under a temporary name beside it and renamed at the end.
     An existing ``out_dir`` is replaced only with ``force``.
     """
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise LightSegError("pseudo-label threshold must be in (0, 1]", threshold)
     if out_dir.exists() and not force:
         raise LightSegError("output exists (use --force to overwrite it)", out_dir)
     if not out_dir.parent.is_dir():
@@ -58,11 +63,14 @@ def write_pseudo_labels(segmenter: Segmenter, images: list[Path], out_dir: Path,
     try:
         for path in images:
             probability = predict_image(segmenter.model, segmenter.spec, read_gray(path), segmenter.device)
-            mask = np.rint(probability * 255.0).astype(np.uint8)
+            if threshold is None:
+                mask = np.rint(probability * 255.0).astype(np.uint8)
+            else:
+                mask = np.where(probability >= threshold, 255, 0).astype(np.uint8)
             Image.fromarray(mask).save(staging / f"{path.stem}.png")
             if on_image:
                 on_image()
-        record = {**provenance, "images": str(images[0].parent), "slices": len(images)}
+        record = {**provenance, "images": str(images[0].parent), "slices": len(images), "threshold": threshold}
         (staging / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
