@@ -151,7 +151,8 @@ def test_pseudo_label_refuses_to_overwrite_and_rejects_bad_folders(few_pseudo_sl
     out = tmp_path / "self-labels"
     out.mkdir()
     (out / "mine.png").write_bytes(b"the user's file")
-    result = run_cli("pseudo-label", few_pseudo_slices / "images", "-o", out, "--device", "cpu")
+    result = run_cli("pseudo-label", few_pseudo_slices / "images", "-o", out, "--model", "no-such-model",
+                     "--device", "cpu")  # the output is checked before the model is looked up and loaded
     assert result.returncode == 2 and "self-labels: output exists (use --force" in result.stderr
     assert (out / "mine.png").read_bytes() == b"the user's file"
     result = run_cli("pseudo-label", tmp_path / "nope", "-o", tmp_path / "other", "--device", "cpu")

@@ -28,11 +28,12 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import registry
     from ..engine import Segmenter
-    from ..training.pseudo_labels import labeller_of, write_pseudo_labels
+    from ..training.pseudo_labels import check_request, labeller_of, write_pseudo_labels
     from ..training.recipe import describe_command
     from ..training.slices import require_image_files
 
     images = require_image_files(args.images)
+    check_request(args.output, args.force, args.threshold)
     segmenter = Segmenter(registry.resolve(args.model), args.device)
     with tqdm(total=len(images), desc="pseudo-labelling", unit="slice", disable=not sys.stderr.isatty(),
               leave=False) as bar:

@@ -43,6 +43,16 @@ def read_provenance(masks_dir: Path) -> dict | None:
         raise LightSegError(f"cannot read the pseudo-label provenance ({exc})", path) from None
 
 
+def check_request(out_dir: Path, force: bool, threshold: float | None) -> None:
+    """Raise if ``write_pseudo_labels`` would refuse these arguments, so a caller can check before loading a model."""
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise LightSegError("pseudo-label threshold must be in (0, 1]", threshold)
+    if out_dir.exists() and not force:
+        raise LightSegError("output exists (use --force to overwrite it)", out_dir)
+    if not out_dir.parent.is_dir():
+        raise LightSegError("output folder does not exist", out_dir.parent)
+
+
 def write_pseudo_labels(segmenter: Segmenter, images: list[Path], out_dir: Path, provenance: dict,
                         force: bool = False, on_image: Callable[[], None] | None = None,
                         threshold: float | None = None) -> None:
@@ -53,12 +63,7 @@ def write_pseudo_labels(segmenter: Segmenter, images: list[Path], out_dir: Path,
     The folder appears complete or not at all: it is filled under a temporary name beside it and renamed at the end.
     An existing ``out_dir`` is replaced only with ``force``.
     """
-    if threshold is not None and not 0.0 < threshold <= 1.0:
-        raise LightSegError("pseudo-label threshold must be in (0, 1]", threshold)
-    if out_dir.exists() and not force:
-        raise LightSegError("output exists (use --force to overwrite it)", out_dir)
-    if not out_dir.parent.is_dir():
-        raise LightSegError("output folder does not exist", out_dir.parent)
+    check_request(out_dir, force, threshold)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         for path in images:
