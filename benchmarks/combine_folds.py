@@ -53,15 +53,16 @@ def recalibrated_state(card: ModelCard, training: SliceSet) -> dict[str, torch.T
             module.reset_running_stats()
             module.momentum = None
     network.train()
+    spec = card.input_spec()
     with torch.no_grad():
         for image in training.images:
-            predict_image(network, card.input_spec(), image, CPU)
+            predict_image(network, spec, image, CPU)
     return network.state_dict()
 
 
 def fold_slices(data: SliceSet, names: set[str], inside: bool) -> SliceSet:
-    keep = [i for i, name in enumerate(data.names) if (name in names) == inside]
-    return SliceSet([data.images[i] for i in keep], [data.targets[i] for i in keep], [data.names[i] for i in keep])
+    """The slices of ``data`` named in ``names`` (``inside``) or not named there."""
+    return data.subset([i for i, name in enumerate(data.names) if (name in names) == inside])
 
 
 def fold_probability_makers(cards: list[ModelCard], training: SliceSet, args: argparse.Namespace, scratch: Path):
