@@ -204,13 +204,16 @@ def test_every_architecture_names_its_input_stages(arch):
 
 
 def test_finetuning_keeps_the_base_models_loss():
-    """The class weighting and Dice weight recorded in the base's card; the defaults for cards that record none."""
+    """The class weighting, Dice weight and Tversky beta recorded in the base's card; the defaults for cards that
+    record none."""
     import dataclasses
 
     from LightSegLib import registry
     from LightSegLib.training.finetune import base_loss
 
     base = registry.resolve("miniseg-covid")
-    recorded = dataclasses.replace(base, training={"hyperparameters": {"class_weights": "none", "dice_weight": 2.0}})
-    assert base_loss(recorded) == {"class_weights": "none", "dice_weight": 2.0}
-    assert base_loss(dataclasses.replace(base, training={})) == {"class_weights": "enet", "dice_weight": 1.0}
+    recorded = dataclasses.replace(base, training={"hyperparameters": {"class_weights": "none", "dice_weight": 2.0,
+                                                                       "tversky_beta": 0.7}})
+    assert base_loss(recorded) == {"class_weights": "none", "dice_weight": 2.0, "tversky_beta": 0.7}
+    assert base_loss(dataclasses.replace(base, training={})) == {"class_weights": "enet", "dice_weight": 1.0,
+                                                                 "tversky_beta": 0.5}

@@ -33,11 +33,13 @@ def test_train_writes_a_loadable_model_with_its_card(few_slices, tmp_path):
     out = tmp_path / "models"
     result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "tiny",
                      "-o", out, "--epochs", "2", "--input-size", "64", "--val-fraction", "0.25",
-                     "--hu-window-from", WINDOW, "--class-weights", "none", "--dice-weight", "0.5")
+                     "--hu-window-from", WINDOW, "--class-weights", "none", "--dice-weight", "0.5",
+                     "--tversky-beta", "0.7")
     assert result.returncode == 0, result.stderr
     card = ModelCard.load(out / "tiny.json")
     assert card.training["hyperparameters"]["class_weights"] == "none"
     assert card.training["hyperparameters"]["dice_weight"] == 0.5
+    assert card.training["hyperparameters"]["tversky_beta"] == 0.7
     assert card.weights_sha256 == sha256_of(out / "tiny.pt")
     assert card.parameters == 82_666 and card.arch_config["aux"] is False
     assert card.training["command"].startswith("lightseg train --images")
@@ -193,6 +195,24 @@ def test_class_weights():
         class_weights("focal", 0.05)
 
 
+def test_overlap_loss_is_soft_dice_at_half_and_penalises_misses_above():
+    from LightSegLib.training.loop import overlap_loss
+
+    gen = torch.Generator().manual_seed(0)
+    prob = torch.rand(3, 1, 16, 16, generator=gen)
+    target = (torch.rand(3, 1, 16, 16, generator=gen) > 0.6).float()
+    per_image = [1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1) for p, t in zip(prob, target)]
+    assert torch.allclose(overlap_loss(prob, target), torch.stack(per_image).mean())
+
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1  # 16 infected pixels
+    missed, extra = target.clone(), target.clone()
+    missed[..., 2, 2:6] = 0  # 4 infected pixels missed
+    extra[..., 6, 2:6] = 1  # 4 clear pixels marked
+    assert overlap_loss(missed, target, beta=0.7) > overlap_loss(missed, target) > overlap_loss(missed, target, beta=0.3)
+    assert overlap_loss(extra, target, beta=0.7) < overlap_loss(extra, target) < overlap_loss(extra, target, beta=0.3)
+
+
 def test_train_refuses_to_overwrite_and_rejects_bad_folders(few_slices, tmp_path):
     out = tmp_path / "models"
     out.mkdir()
@@ -215,6 +235,9 @@ def test_train_refuses_to_overwrite_and_rejects_bad_folders(few_slices, tmp_path
     result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "x",
                      "-o", out, "--pseudo-images", few_slices / "images")
     assert result.returncode == 2 and "give both --pseudo-images and --pseudo-masks" in result.stderr
+    result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "x",
+                     "-o", out, "--tversky-beta", "1")
+    assert result.returncode == 2 and "--tversky-beta must be between 0 and 1" in result.stderr
     assert not (out / "x.json").exists()
 
 

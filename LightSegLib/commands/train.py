@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-weights", choices=("enet", "none"), default="enet",
                    help="cross-entropy class weights: enet (official MiniSeg rule, favours infection) or none")
     p.add_argument("--dice-weight", type=float, default=1.0, help="weight of the soft Dice term (0 for none)")
+    p.add_argument("--tversky-beta", type=float, default=0.5, metavar="B",
+                   help="weight of missed infection in the Dice term, in (0, 1): 0.5 is soft Dice, above 0.5 "
+                        "penalises under-segmentation more than over-segmentation (Tversky loss)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--val-fold", type=int, default=0, metavar="K",
                    help="validate on the seed's K-th block of --val-fraction (0, 1, ...: disjoint folds for "
@@ -71,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     multiple = SIZE_MULTIPLE[recipe["architecture"]]
     if args.input_size and args.input_size % multiple:
         raise LightSegError(f"--input-size must be a multiple of {multiple} for {args.arch}", args.input_size)
+    if not 0 < args.tversky_beta < 1:
+        raise LightSegError("--tversky-beta must be between 0 and 1", args.tversky_beta)
     if args.threads:
         torch.set_num_threads(args.threads)
     output = args.output or registry.user_dir()
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     pseudo, pseudo_description = _pseudo_slices(args)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       input_size=args.input_size or recipe["input_size"], seed=args.seed,
-                      class_weights=args.class_weights, dice_weight=args.dice_weight,
+                      class_weights=args.class_weights, dice_weight=args.dice_weight, tversky_beta=args.tversky_beta,
                       minutes=args.minutes, device=str(pick_device(args.device)),
                       pseudo_per_step=args.pseudo_per_step if pseudo else 0, pseudo_weight=args.pseudo_weight)
     request = TrainRequest(

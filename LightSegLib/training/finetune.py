@@ -62,12 +62,13 @@ def site_from_volumes(volumes: list[Path], labels: list[Path], base: ModelCard, 
 
 
 def base_loss(base: ModelCard) -> dict[str, Any]:
-    """The loss settings the base was trained with (class weights, Dice weight), so fine-tuning keeps its
-    calibration; imported models and older cards, which do not record them, were trained with the defaults."""
+    """The loss settings the base was trained with (class weights, Dice weight, Tversky beta), so fine-tuning keeps
+    its calibration; imported models and older cards, which do not record them, were trained with the defaults."""
     recorded = (base.training or {}).get("hyperparameters", {})
     defaults = TrainConfig()
     return {"class_weights": recorded.get("class_weights", defaults.class_weights),
-            "dice_weight": recorded.get("dice_weight", defaults.dice_weight)}
+            "dice_weight": recorded.get("dice_weight", defaults.dice_weight),
+            "tversky_beta": recorded.get("tversky_beta", defaults.tversky_beta)}
 
 
 def check_site_data(site: SiteData, source: str) -> None:

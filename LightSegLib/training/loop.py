@@ -31,6 +31,7 @@ class TrainConfig:
     input_size: int = 288
     seed: int = 0
     dice_weight: float = 1.0
+    tversky_beta: float = 0.5  # weight of missed infection in the overlap term: 0.5 is soft Dice, more favours recall
     class_weights: str = "enet"  # "enet" (official MiniSeg rule) or "none" (plain cross-entropy)
     minutes: float | None = None
     patience: int | None = None
@@ -81,15 +82,20 @@ def class_weights(scheme: str, infection_fraction: float) -> torch.Tensor:
     return 1 / torch.log(1.1 + f)
 
 
-def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def overlap_loss(prob: torch.Tensor, target: torch.Tensor, beta: float = 0.5, eps: float = 1.0) -> torch.Tensor:
+    """Per-image soft Tversky loss, averaged over the batch: false negatives weigh ``beta``, false positives
+    ``1 - beta``. At 0.5 it is exactly the soft Dice loss, 1 - (2 TP + eps) / (2 TP + FP + FN + eps)."""
     dims = tuple(range(1, prob.ndim))
-    inter = (prob * target).sum(dims)
-    return (1 - (2 * inter + eps) / (prob.sum(dims) + target.sum(dims) + eps)).mean()
+    tp = (prob * target).sum(dims)
+    fp = (prob * (1 - target)).sum(dims)
+    fn = ((1 - prob) * target).sum(dims)
+    return (1 - (2 * tp + eps) / (2 * tp + 2 * (1 - beta) * fp + 2 * beta * fn + eps)).mean()
 
 
 def segmentation_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, spec: InputSpec,
-                      weights: torch.Tensor, dice_weight: float) -> torch.Tensor:
-    """Class-weighted cross-entropy plus soft Dice on every output, with deep-supervision weights."""
+                      weights: torch.Tensor, dice_weight: float, tversky_beta: float = 0.5) -> torch.Tensor:
+    """Class-weighted cross-entropy plus soft Dice (Tversky when ``tversky_beta`` is not 0.5) on every output, with
+    deep-supervision weights."""
     total = target.new_zeros(())
     for w, logits in zip(DEEP_SUPERVISION_WEIGHTS, outputs):
         logits = logits.float()
@@ -98,7 +104,7 @@ def segmentation_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, s
         else:
             ce = F.cross_entropy(logits, torch.cat([1 - target, target], 1), weight=weights)
         prob = infection_probability(logits, spec.activation, spec.infection_channel).unsqueeze(1)
-        total = total + w * (ce + dice_weight * soft_dice_loss(prob, target))
+        total = total + w * (ce + dice_weight * overlap_loss(prob, target, tversky_beta))
     return total
 
 
@@ -237,10 +243,10 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
                 outputs = model(normalise_input(x, spec.mean, spec.std))
             labelled = len(idx)
             loss = segmentation_loss(tuple(o[:labelled] for o in outputs), y[:labelled], spec, weights,
-                                     cfg.dice_weight)
+                                     cfg.dice_weight, cfg.tversky_beta)
             if stream is not None:
-                loss = loss + cfg.pseudo_weight * segmentation_loss(tuple(o[labelled:] for o in outputs),
-                                                                    y[labelled:], spec, weights, cfg.dice_weight)
+                loss = loss + cfg.pseudo_weight * segmentation_loss(tuple(o[labelled:] for o in outputs), y[labelled:],
+                                                                    spec, weights, cfg.dice_weight, cfg.tversky_beta)
             if reference_x is not None:
                 pick = torch.randint(len(reference_x), (cfg.batch_size,), generator=gen, device=device)
                 with torch.autocast(device.type, enabled=use_amp):
