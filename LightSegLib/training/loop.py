@@ -83,13 +83,15 @@ def class_weights(scheme: str, infection_fraction: float) -> torch.Tensor:
 
 
 def overlap_loss(prob: torch.Tensor, target: torch.Tensor, beta: float = 0.5, eps: float = 1.0) -> torch.Tensor:
-    """Per-image soft Tversky loss, averaged over the batch: false negatives weigh ``beta``, false positives
-    ``1 - beta``. At 0.5 it is exactly the soft Dice loss, 1 - (2 TP + eps) / (2 TP + FP + FN + eps)."""
+    """Per-image soft Tversky loss, averaged over the batch: 1 - (2 TP + eps) / (2 TP + 2 (1 - beta) FP + 2 beta FN
+    + eps), so false negatives weigh ``beta`` and false positives ``1 - beta``; at 0.5 it is the soft Dice loss.
+
+    With FP = sum(prob) - TP and FN = sum(target) - TP the denominator is 2 (1 - beta) sum(prob) + 2 beta sum(target)
+    + eps, which at 0.5 is computed exactly as the Dice loss always was, so earlier recipes train bit for bit as before.
+    """
     dims = tuple(range(1, prob.ndim))
     tp = (prob * target).sum(dims)
-    fp = (prob * (1 - target)).sum(dims)
-    fn = ((1 - prob) * target).sum(dims)
-    return (1 - (2 * tp + eps) / (2 * tp + 2 * (1 - beta) * fp + 2 * beta * fn + eps)).mean()
+    return (1 - (2 * tp + eps) / (2 * (1 - beta) * prob.sum(dims) + 2 * beta * target.sum(dims) + eps)).mean()
 
 
 def segmentation_loss(outputs: tuple[torch.Tensor, ...], target: torch.Tensor, spec: InputSpec,
