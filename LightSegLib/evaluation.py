@@ -61,11 +61,15 @@ def infected_area_per_slice(result: Segmentation, image: sitk.Image) -> tuple[np
     return area, first[2] + along * step[2]
 
 
+def area_at_labelled_slices(area_mm2: np.ndarray, positions: np.ndarray, locations: np.ndarray) -> np.ndarray:
+    """Predicted infected area of the slice nearest each labelled slice location, in label order."""
+    return area_mm2[[int(np.argmin(np.abs(positions - loc))) for loc in locations]]
+
+
 def slice_level_agreement(area_mm2: np.ndarray, positions: np.ndarray, locations: np.ndarray,
                           visible: np.ndarray, min_area_mm2: float = 20.0) -> dict[str, Any]:
     """Compare predicted infected area per slice with radiologists' slice labels (matched by position)."""
-    order = [int(np.argmin(np.abs(positions - loc))) for loc in locations]
-    scores = area_mm2[order]
+    scores = area_at_labelled_slices(area_mm2, positions, locations)
     predicted = scores >= min_area_mm2
     tp, fn = int((predicted & visible).sum()), int((~predicted & visible).sum())
     tn, fp = int((~predicted & ~visible).sum()), int((predicted & ~visible).sum())

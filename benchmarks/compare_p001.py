@@ -24,7 +24,8 @@ sys.path.insert(0, str(REPO))
 
 from LightSegLib import registry  # noqa: E402
 from LightSegLib.engine import Segmenter  # noqa: E402
-from LightSegLib.evaluation import infected_area_per_slice, read_slice_labels, slice_level_agreement  # noqa: E402
+from LightSegLib.evaluation import (area_at_labelled_slices, infected_area_per_slice, read_slice_labels,  # noqa: E402
+                                    slice_level_agreement)
 from LightSegLib.io import read_image  # noqa: E402
 from LightSegLib.metrics import roc_auc  # noqa: E402
 from LightSegLib.report import volume_measurements  # noqa: E402
@@ -38,8 +39,7 @@ def score_model(model: str, image, locations: np.ndarray, visible: np.ndarray) -
     result = Segmenter(registry.resolve(model), "cpu").segment_volume(image)
     area, positions = infected_area_per_slice(result, image)
     agreement = slice_level_agreement(area, positions, locations, visible, MIN_AREA_MM2)
-    order = [int(np.argmin(np.abs(positions - loc))) for loc in locations]
-    return area[order], {"model": model, "auc": agreement["auc_infected_area"],
+    return area_at_labelled_slices(area, positions, locations), {"model": model, "auc": agreement["auc_infected_area"],
                          "sensitivity": agreement["sensitivity"], "specificity": agreement["specificity"],
                          "infection_ml": volume_measurements(result)["infection_ml"]}
 
