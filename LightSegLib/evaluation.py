@@ -17,6 +17,8 @@ from .io import INFECTION
 from .network import predict_image
 from .training.slices import SliceSet
 
+MIN_INFECTED_AREA_MM2 = 20.0  # predicted infection on a slice at least this large counts as "slice infected"
+
 
 def evaluate_slices(segmenter: Segmenter, data: SliceSet) -> dict[str, Any]:
     """Per-image and mean metrics (Dice@0.5, IoU, sensitivity, specificity, HD95 in pixels, Inf-Net Dice)."""
@@ -67,7 +69,7 @@ def area_at_labelled_slices(area_mm2: np.ndarray, positions: np.ndarray, locatio
 
 
 def slice_level_agreement(area_mm2: np.ndarray, positions: np.ndarray, locations: np.ndarray,
-                          visible: np.ndarray, min_area_mm2: float = 20.0) -> dict[str, Any]:
+                          visible: np.ndarray, min_area_mm2: float = MIN_INFECTED_AREA_MM2) -> dict[str, Any]:
     """Compare predicted infected area per slice with radiologists' slice labels (matched by position)."""
     scores = area_at_labelled_slices(area_mm2, positions, locations)
     predicted = scores >= min_area_mm2

@@ -24,24 +24,23 @@ sys.path.insert(0, str(REPO))
 
 from LightSegLib import registry  # noqa: E402
 from LightSegLib.engine import Segmenter  # noqa: E402
-from LightSegLib.evaluation import (area_at_labelled_slices, infected_area_per_slice, read_slice_labels,  # noqa: E402
-                                    slice_level_agreement)
+from LightSegLib.evaluation import (MIN_INFECTED_AREA_MM2, area_at_labelled_slices,  # noqa: E402
+                                    infected_area_per_slice, read_slice_labels, slice_level_agreement)
 from LightSegLib.io import read_image  # noqa: E402
 from LightSegLib.metrics import roc_auc  # noqa: E402
 from LightSegLib.report import volume_measurements  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "covid-ct-md"
-MIN_AREA_MM2 = 20.0
 
 
 def score_model(model: str, image, locations: np.ndarray, visible: np.ndarray) -> tuple[np.ndarray, dict]:
     """Predicted infected area of each labelled slice (in label order), and the model's row of the table."""
     result = Segmenter(registry.resolve(model), "cpu").segment_volume(image)
     area, positions = infected_area_per_slice(result, image)
-    agreement = slice_level_agreement(area, positions, locations, visible, MIN_AREA_MM2)
-    return area_at_labelled_slices(area, positions, locations), {"model": model, "auc": agreement["auc_infected_area"],
-                         "sensitivity": agreement["sensitivity"], "specificity": agreement["specificity"],
-                         "infection_ml": volume_measurements(result)["infection_ml"]}
+    agreement = slice_level_agreement(area, positions, locations, visible)
+    row = {"model": model, "auc": agreement["auc_infected_area"], "sensitivity": agreement["sensitivity"],
+           "specificity": agreement["specificity"], "infection_ml": volume_measurements(result)["infection_ml"]}
+    return area_at_labelled_slices(area, positions, locations), row
 
 
 def block_bootstrap_auc(scores: list[np.ndarray], visible: np.ndarray, locations: np.ndarray, block: int,
@@ -87,9 +86,9 @@ def main() -> None:
               f"{row['sensitivity']:>6.3f} {row['specificity']:>6.3f} {row['infection_ml']:>13.1f}")
     print(f"\nagainst {args.models[0]}:")
     print(f"{'model':<44} {'AUC change':>10} {'95% interval':>16} {'infected slices +/-':>20} {'clear slices +/-':>17}")
-    reference = scores[0] >= MIN_AREA_MM2
+    reference = scores[0] >= MIN_INFECTED_AREA_MM2
     for row, area, column in zip(rows[1:], scores[1:], boot.T[1:]):
-        called = area >= MIN_AREA_MM2
+        called = area >= MIN_INFECTED_AREA_MM2
         low, high = np.nanpercentile(column - boot[:, 0], [2.5, 97.5])
         gained_inf, lost_inf = int((called & ~reference & visible).sum()), int((~called & reference & visible).sum())
         gained_clear, lost_clear = int((called & ~reference & ~visible).sum()), int((~called & reference & ~visible).sum())
