@@ -4,10 +4,11 @@
 
 Each model segments the P001 volume (`scripts/evaluate_p001.py`'s protocol: a slice counts as predicted infected at
 20 mm^2 or more). Printed per model: the ROC AUC of predicted infected area per slice, sensitivity, specificity and
-infection volume; then, for every model against the first, the AUC difference with a 95 % interval and the slices
-whose call changed. Neighbouring slices are not independent (a lesion spans several), so the interval resamples
-blocks of consecutive slices rather than single slices; the block length is a choice (--block, default 10 slices,
-2 cm here) and shorter blocks give narrower, over-confident intervals.
+infection volume; then, for every model against the first, the AUC difference with a 95 % interval, the counts of
+slices whose call changed, and those slices one by one (position, label, both models' areas). Neighbouring slices
+are not independent (a lesion spans several), so the interval resamples blocks of consecutive slices rather than
+single slices; the block length is a choice (--block, default 10 slices, 2 cm here) and shorter blocks give
+narrower, over-confident intervals.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def block_bootstrap_auc(scores: list[np.ndarray], visible: np.ndarray, locations
     return out
 
 
+def changed_calls(locations: np.ndarray, visible: np.ndarray, reference: np.ndarray, area: np.ndarray) -> list[dict]:
+    """The labelled slices, in position order, that one model calls infected and the reference does not, or back."""
+    changed = (area >= MIN_INFECTED_AREA_MM2) != (reference >= MIN_INFECTED_AREA_MM2)
+    return [{"position_mm": float(locations[i]), "label": "infected" if visible[i] else "clear",
+             "reference_mm2": float(reference[i]), "model_mm2": float(area[i])}
+            for i in np.argsort(locations) if changed[i]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True, help="model ids or card paths; the first is the reference")
@@ -97,6 +106,13 @@ def main() -> None:
                    clear_slices_newly_called=gained_clear, clear_slices_no_longer_called=lost_clear)
         print(f"{row['model'][-44:]:<44} {row['auc'] - rows[0]['auc']:>+10.3f} {f'{low:+.3f} to {high:+.3f}':>16} "
               f"{f'+{gained_inf} / -{lost_inf}':>20} {f'+{gained_clear} / -{lost_clear}':>17}")
+        row["changed_calls"] = changed_calls(locations, visible, scores[0], area)
+    for row in rows[1:]:
+        print(f"\nslices whose call changed, {row['model']} against {args.models[0]}:")
+        print(f"{'position mm':>12} {'label':>9} {'reference mm^2':>15} {'model mm^2':>11}")
+        for change in row["changed_calls"]:
+            print(f"{change['position_mm']:>12.1f} {change['label']:>9} {change['reference_mm2']:>15.1f} "
+                  f"{change['model_mm2']:>11.1f}")
     if args.json:
         args.json.write_text(json.dumps({"block": args.block, "draws": args.draws, "models": rows}, indent=2) + "\n")
 
