@@ -65,6 +65,15 @@ def changed_calls(locations: np.ndarray, visible: np.ndarray, reference: np.ndar
             for i in np.argsort(locations) if changed[i]]
 
 
+
+def call_change_counts(changes: list[dict]) -> dict:
+    """How many infected and clear slices gained or lost their call, from ``changed_calls``."""
+    def count(label: str, now_called: bool) -> int:
+        return sum(c["label"] == label and (c["model_mm2"] >= MIN_INFECTED_AREA_MM2) == now_called for c in changes)
+    return {"infected_slices_gained": count("infected", True), "infected_slices_lost": count("infected", False),
+            "clear_slices_newly_called": count("clear", True), "clear_slices_no_longer_called": count("clear", False)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True, help="model ids or card paths; the first is the reference")
@@ -95,18 +104,16 @@ def main() -> None:
               f"{row['sensitivity']:>6.3f} {row['specificity']:>6.3f} {row['infection_ml']:>13.1f}")
     print(f"\nagainst {args.models[0]}:")
     print(f"{'model':<44} {'AUC change':>10} {'95% interval':>16} {'infected slices +/-':>20} {'clear slices +/-':>17}")
-    reference = scores[0] >= MIN_INFECTED_AREA_MM2
     for row, area, column in zip(rows[1:], scores[1:], boot.T[1:]):
-        called = area >= MIN_INFECTED_AREA_MM2
         low, high = np.nanpercentile(column - boot[:, 0], [2.5, 97.5])
-        gained_inf, lost_inf = int((called & ~reference & visible).sum()), int((~called & reference & visible).sum())
-        gained_clear, lost_clear = int((called & ~reference & ~visible).sum()), int((~called & reference & ~visible).sum())
-        row.update(auc_change=row["auc"] - rows[0]["auc"], auc_change_interval=[float(low), float(high)],
-                   infected_slices_gained=gained_inf, infected_slices_lost=lost_inf,
-                   clear_slices_newly_called=gained_clear, clear_slices_no_longer_called=lost_clear)
+        changes = changed_calls(locations, visible, scores[0], area)
+        counts = call_change_counts(changes)
+        row.update(auc_change=row["auc"] - rows[0]["auc"], auc_change_interval=[float(low), float(high)], **counts,
+                   changed_calls=changes)
+        infected = f"+{counts['infected_slices_gained']} / -{counts['infected_slices_lost']}"
+        clear = f"+{counts['clear_slices_newly_called']} / -{counts['clear_slices_no_longer_called']}"
         print(f"{row['model'][-44:]:<44} {row['auc'] - rows[0]['auc']:>+10.3f} {f'{low:+.3f} to {high:+.3f}':>16} "
-              f"{f'+{gained_inf} / -{lost_inf}':>20} {f'+{gained_clear} / -{lost_clear}':>17}")
-        row["changed_calls"] = changed_calls(locations, visible, scores[0], area)
+              f"{infected:>20} {clear:>17}")
     for row in rows[1:]:
         print(f"\nslices whose call changed, {row['model']} against {args.models[0]}:")
         print(f"{'position mm':>12} {'label':>9} {'reference mm^2':>15} {'model mm^2':>11}")
