@@ -65,7 +65,6 @@ def changed_calls(locations: np.ndarray, visible: np.ndarray, reference: np.ndar
             for i in np.argsort(locations) if changed[i]]
 
 
-
 def call_change_counts(changes: list[dict]) -> dict:
     """How many infected and clear slices gained or lost their call, from ``changed_calls``."""
     def count(label: str, now_called: bool) -> int:
