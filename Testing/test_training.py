@@ -12,7 +12,7 @@ from conftest import REPO, SAMPLE, SEMISEG, run_cli
 from LightSegLib.cards import ModelCard, load_network, sha256_of
 from LightSegLib.errors import LightSegError
 from LightSegLib.io import ijk_to_lps
-from LightSegLib.training.augment import AugmentConfig, augment
+from LightSegLib.training.augment import AugmentConfig, augment, intensity
 from LightSegLib.training.slices import keep_clear_slices_in_proportion, load_image_folders, split_fold
 
 WINDOW = REPO / "Resources" / "Calibration" / "hu-window-P001.json"
@@ -34,9 +34,10 @@ def test_train_writes_a_loadable_model_with_its_card(few_slices, tmp_path):
     result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "tiny",
                      "-o", out, "--epochs", "2", "--input-size", "64", "--val-fraction", "0.25",
                      "--hu-window-from", WINDOW, "--class-weights", "none", "--dice-weight", "0.5",
-                     "--tversky-beta", "0.7")
+                     "--tversky-beta", "0.7", "--min-contrast", "0.6")
     assert result.returncode == 0, result.stderr
     card = ModelCard.load(out / "tiny.json")
+    assert card.training["hyperparameters"]["augment"]["min_contrast"] == 0.6
     assert card.training["hyperparameters"]["class_weights"] == "none"
     assert card.training["hyperparameters"]["dice_weight"] == 0.5
     assert card.training["hyperparameters"]["tversky_beta"] == 0.7
@@ -242,6 +243,9 @@ def test_train_refuses_to_overwrite_and_rejects_bad_folders(few_slices, tmp_path
     result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "x",
                      "-o", out, "--tversky-beta", "1")
     assert result.returncode == 2 and "--tversky-beta must be between 0 and 1" in result.stderr
+    result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "x",
+                     "-o", out, "--min-contrast", "0")
+    assert result.returncode == 2 and "--min-contrast must be above 0 and at most 1" in result.stderr
     assert not (out / "x.json").exists()
 
 
@@ -313,6 +317,24 @@ def test_augmentation_keeps_images_and_targets_aligned():
     assert torch.allclose(out_image, out_target, atol=1e-5)
     assert out_image.min() >= 0 and out_image.max() <= 1
     assert not torch.equal(out_image, image)
+
+
+def test_contrast_augmentation_makes_lesions_fainter_about_the_slice_median():
+    """--min-contrast: on a real labelled slice the lesion-to-parenchyma difference shrinks by the drawn factor,
+    the median (parenchyma) stays, and at 1 (the default) the slice is untouched."""
+    data = load_image_folders(SEMISEG / "images", SEMISEG / "masks")
+    image = torch.as_tensor(data.images[0], dtype=torch.float32).view(1, 1, *data.images[0].shape).repeat(8, 1, 1, 1)
+    lesion = torch.as_tensor(data.targets[0] > 0.5).expand_as(image)
+    assert lesion.any()
+    still = dict(window_jitter=0, gamma_range=(1, 1), blur_probability=0, sharpen_probability=0, noise_probability=0)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.allclose(intensity(image, AugmentConfig(**still), gen), image, atol=1e-6)
+    faint = intensity(image, AugmentConfig(min_contrast=0.5, **still), gen)
+    median = image[0].median()
+    ratio = torch.stack([(f[m] - median).abs().mean() / (i[m] - median).abs().mean()
+                         for f, i, m in zip(faint, image, lesion)])
+    assert torch.all((ratio >= 0.5 - 1e-4) & (ratio <= 1 + 1e-4)) and ratio.std() > 0.02
+    assert torch.allclose(faint.flatten(1).median(1).values, image.flatten(1).median(1).values, atol=1e-6)
 
 
 def test_time_budget_anneals_the_learning_rate():

@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tversky-beta", type=float, default=0.5, metavar="B",
                    help="weight of missed infection in the Dice term, in (0, 1): 0.5 is soft Dice, above 0.5 "
                         "penalises under-segmentation more than over-segmentation (Tversky loss)")
+    p.add_argument("--min-contrast", type=float, default=1.0, metavar="C",
+                   help="augmentation: scale each slice's contrast about its median by a factor drawn from [C, 1], "
+                        "for fainter lesions than the training slices show (default 1: off)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--val-fold", type=int, default=0, metavar="K",
                    help="validate on the seed's K-th block of --val-fraction (0, 1, ...: disjoint folds for "
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import registry
     from ..devices import pick_device
+    from ..training.augment import AugmentConfig
     from ..training.loop import TrainConfig
     from ..models import SIZE_MULTIPLE
     from ..training.recipe import TrainRequest, arch_recipe, describe_command, print_epoch, run_training
@@ -76,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         raise LightSegError(f"--input-size must be a multiple of {multiple} for {args.arch}", args.input_size)
     if not 0 < args.tversky_beta < 1:
         raise LightSegError("--tversky-beta must be between 0 and 1", args.tversky_beta)
+    if not 0 < args.min_contrast <= 1:
+        raise LightSegError("--min-contrast must be above 0 and at most 1", args.min_contrast)
     if args.threads:
         torch.set_num_threads(args.threads)
     output = args.output or registry.user_dir()
@@ -106,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
                       input_size=args.input_size or recipe["input_size"], seed=args.seed,
                       class_weights=args.class_weights, dice_weight=args.dice_weight, tversky_beta=args.tversky_beta,
                       minutes=args.minutes, device=str(pick_device(args.device)),
-                      pseudo_per_step=args.pseudo_per_step if pseudo else 0, pseudo_weight=args.pseudo_weight)
+                      pseudo_per_step=args.pseudo_per_step if pseudo else 0, pseudo_weight=args.pseudo_weight,
+                      augment=AugmentConfig(min_contrast=args.min_contrast))
     request = TrainRequest(
         arch=args.arch, name=args.name, output_dir=output, data=data,
         data_description=description,

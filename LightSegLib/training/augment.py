@@ -2,7 +2,8 @@
 
 Geometry: quarter turns and flips (the public training slices come in several orientations), small rotations and
 scales, crop jitter. Intensity: window, gamma, blur/sharpen and noise jitter so models survive other scanners,
-reconstruction kernels and HU windows.
+reconstruction kernels and HU windows; optionally, fainter lesions (contrast reduced about each slice's median, which
+is lung parenchyma on a lung-cropped slice).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class AugmentConfig:
     sharpen_probability: float = 0.15
     noise_probability: float = 0.5
     max_noise: float = 0.04
+    min_contrast: float = 1.0  # contrast factor drawn from [min_contrast, 1] per slice; 1 is off (no draw made)
 
 
 def _uniform(n: int, low: float, high: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -64,10 +66,20 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return flat.view(n, 1, h, w)
 
 
+def reduce_contrast(images: torch.Tensor, min_contrast: float, gen: torch.Generator) -> torch.Tensor:
+    """Scale each slice's deviations from its median by a factor drawn from [min_contrast, 1]."""
+    n = images.shape[0]
+    median = images.view(n, -1).median(dim=1).values.view(n, 1, 1, 1)
+    factor = _uniform(n, min_contrast, 1.0, gen, images.device).view(n, 1, 1, 1)
+    return median + factor * (images - median)
+
+
 def intensity(images: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Window, gamma, blur or sharpen, and noise jitter; the result stays in [0, 1]."""
+    """Contrast, window, gamma, blur or sharpen, and noise jitter; the result stays in [0, 1]."""
     n, device = images.shape[0], images.device
     view = (n, 1, 1, 1)
+    if cfg.min_contrast < 1:  # drawn only when on, so that recipes without it keep their random stream
+        images = reduce_contrast(images, cfg.min_contrast, gen)
     low = _uniform(n, -cfg.window_jitter, cfg.window_jitter, gen, device).view(view)
     high = _uniform(n, 1 - cfg.window_jitter, 1 + cfg.window_jitter, gen, device).view(view)
     x = ((images - low) / (high - low)).clamp(0, 1)
