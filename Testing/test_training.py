@@ -319,10 +319,10 @@ def test_augmentation_keeps_images_and_targets_aligned():
     assert not torch.equal(out_image, image)
 
 
-def test_contrast_augmentation_makes_lesions_fainter_about_the_slice_median():
+def test_contrast_augmentation_makes_lesions_fainter_about_the_slice_median(few_slices):
     """--min-contrast: on a real labelled slice the lesion-to-parenchyma difference shrinks by the drawn factor,
     the median (parenchyma) stays, and at 1 (the default) the slice is untouched."""
-    data = load_image_folders(SEMISEG / "images", SEMISEG / "masks")
+    data = load_image_folders(few_slices / "images", few_slices / "masks")
     image = torch.as_tensor(data.images[0], dtype=torch.float32).view(1, 1, *data.images[0].shape).repeat(8, 1, 1, 1)
     lesion = torch.as_tensor(data.targets[0] > 0.5).expand_as(image)
     assert lesion.any()

@@ -69,7 +69,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 def reduce_contrast(images: torch.Tensor, min_contrast: float, gen: torch.Generator) -> torch.Tensor:
     """Scale each slice's deviations from its median by a factor drawn from [min_contrast, 1]."""
     n = images.shape[0]
-    median = images.view(n, -1).median(dim=1).values.view(n, 1, 1, 1)
+    median = images.flatten(1).median(dim=1).values.view(n, 1, 1, 1)
     factor = _uniform(n, min_contrast, 1.0, gen, images.device).view(n, 1, 1, 1)
     return median + factor * (images - median)
 
