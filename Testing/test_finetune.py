@@ -203,17 +203,22 @@ def test_every_architecture_names_its_input_stages(arch):
     assert 0 < tuned < 0.2 * sum(p.numel() for p in model.parameters())  # a small part, at the input end
 
 
-def test_finetuning_keeps_the_base_models_loss():
-    """The class weighting, Dice weight and Tversky beta recorded in the base's card; the defaults for cards that
-    record none."""
+def test_finetuning_keeps_the_base_models_loss_and_augmentation():
+    """The class weighting, Dice weight, Tversky beta and augmentation recorded in the base's card (as JSON, lists for
+    tuples); the defaults for cards that record none."""
     import dataclasses
+    import json
 
     from LightSegLib import registry
-    from LightSegLib.training.finetune import base_loss
+    from LightSegLib.training.augment import AugmentConfig
+    from LightSegLib.training.finetune import base_recipe
 
     base = registry.resolve("miniseg-covid")
-    recorded = dataclasses.replace(base, training={"hyperparameters": {"class_weights": "none", "dice_weight": 2.0,
-                                                                       "tversky_beta": 0.7}})
-    assert base_loss(recorded) == {"class_weights": "none", "dice_weight": 2.0, "tversky_beta": 0.7}
-    assert base_loss(dataclasses.replace(base, training={})) == {"class_weights": "enet", "dice_weight": 1.0,
-                                                                 "tversky_beta": 0.5}
+    augment = dataclasses.replace(AugmentConfig(), min_contrast=0.6, scale_range=(0.9, 1.1))
+    hyperparameters = {"class_weights": "none", "dice_weight": 2.0, "tversky_beta": 0.7,
+                       "augment": dataclasses.asdict(augment)}
+    recorded = dataclasses.replace(base, training={"hyperparameters": json.loads(json.dumps(hyperparameters))})
+    assert base_recipe(recorded) == {"class_weights": "none", "dice_weight": 2.0, "tversky_beta": 0.7,
+                                     "augment": augment}
+    assert base_recipe(dataclasses.replace(base, training={})) == {"class_weights": "enet", "dice_weight": 1.0,
+                                                                   "tversky_beta": 0.5, "augment": AugmentConfig()}

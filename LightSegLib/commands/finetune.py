@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import registry
     from ..devices import pick_device
     from ..models import input_stages
-    from ..training.finetune import (FinetuneRequest, StopSignal, base_loss, check_site_data, eta_seconds,
+    from ..training.finetune import (FinetuneRequest, StopSignal, base_recipe, check_site_data, eta_seconds,
                                     read_pairs_csv, run_finetune, site_from_images, site_from_volumes)
     from ..training.loop import TrainConfig
     from ..training.recipe import describe_command
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, minutes=args.minutes, patience=args.patience,
                       freeze_batchnorm=True, anchor_weight=args.anchor,
                       trainable=input_stages(base.architecture, base.arch_config) if args.adapt == "input" else (),
-                      reference_weight=args.reference_weight, device=str(pick_device(args.device)), **base_loss(base))
+                      reference_weight=args.reference_weight, device=str(pick_device(args.device)), **base_recipe(base))
     stop = StopSignal(args.stop_file)
     signal.signal(signal.SIGINT, stop.handle)
     signal.signal(signal.SIGTERM, stop.handle)

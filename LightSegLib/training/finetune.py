@@ -10,7 +10,7 @@ import csv
 import platform
 import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +21,7 @@ from ..defaults import FINETUNE_DEFAULTS
 from ..errors import LightSegError
 from ..models import build_model
 from ..registry import user_dir
+from .augment import AugmentConfig
 from .loop import EpochRecord, TrainConfig, TrainResult, train
 from .recipe import inference_state
 from .reference import reference_inputs, teacher_probabilities
@@ -61,14 +62,23 @@ def site_from_volumes(volumes: list[Path], labels: list[Path], base: ModelCard, 
     return SiteData(extracted.slices, {"kind": "CT volumes", **extracted.summary})
 
 
-def base_loss(base: ModelCard) -> dict[str, Any]:
-    """The loss settings the base was trained with (class weights, Dice weight, Tversky beta), so fine-tuning keeps
-    its calibration; imported models and older cards, which do not record them, were trained with the defaults."""
+def base_recipe(base: ModelCard) -> dict[str, Any]:
+    """The loss settings (class weights, Dice weight, Tversky beta) and augmentation the base was trained with, so
+    fine-tuning keeps its calibration; imported models and older cards, which do not record them, were trained with
+    the defaults."""
     recorded = (base.training or {}).get("hyperparameters", {})
     defaults = TrainConfig()
     return {"class_weights": recorded.get("class_weights", defaults.class_weights),
             "dice_weight": recorded.get("dice_weight", defaults.dice_weight),
-            "tversky_beta": recorded.get("tversky_beta", defaults.tversky_beta)}
+            "tversky_beta": recorded.get("tversky_beta", defaults.tversky_beta),
+            "augment": recorded_augment(recorded.get("augment", {}))}
+
+
+def recorded_augment(recorded: dict[str, Any]) -> AugmentConfig:
+    """An AugmentConfig from a card's record of one (JSON lists back to tuples); fields it lacks keep the defaults."""
+    known = {f.name for f in fields(AugmentConfig)}
+    return AugmentConfig(**{key: tuple(value) if isinstance(value, list) else value
+                            for key, value in recorded.items() if key in known})
 
 
 def check_site_data(site: SiteData, source: str) -> None:
