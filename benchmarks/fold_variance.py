@@ -10,7 +10,9 @@ fold 0 is the fold every model card uses. Each split runs `lightseg train` from 
 each ``--then EPOCHS LR`` stage continues from the previous stage's kept model. A ``{split}`` in ``--init`` names a
 starting model per split, so a later stage can be cross-validated from split models kept (``--models``) by an earlier
 run: ``--init 'build/cv5-stage1/split{split}-stage1.json'``. ``{split}`` in an ``--extra`` option is replaced too
-(per-split pseudo-labels: ``--pseudo-masks 'build/pseudo-self/split{split}'``).
+(per-split pseudo-labels: ``--pseudo-masks 'build/pseudo-self/split{split}'``). ``--resume`` reuses the split
+stages already kept in ``--models`` (same epochs and lr, checked), so an interrupted run, or one whose fold 0 was
+trained first on its own to screen the recipe, goes on where it stopped.
 
 The table shows each split's best-epoch and last-epoch validation Inf-Net Dice and Dice@0.5 (of the last stage),
 their mean and standard deviation over the splits, and the kept models' per-image figures pooled over every
@@ -63,10 +65,14 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
     init, seconds = starting_model(args, split), 0.0
     for number, (epochs, lr) in enumerate(stages, 1):
         name = f"split{split}-stage{number}"
-        run_lightseg(["train", "--arch", "miniseg", "--images", str(DATA / "images"), "--masks", str(DATA / "masks"),
-                      "--name", name, "-o", str(out), "--init", str(init), "--epochs", str(int(epochs)),
-                      "--lr", str(lr), "--val-fraction", "0.2", *fold_option, "--keep", args.keep,
-                      "--threads", str(args.threads), *split_options(args, split)], f"train, split {split}, stage {number}")
+        if args.resume and (out / f"{name}.json").exists():
+            check_reusable(out / f"{name}.json", epochs, lr)
+        else:
+            run_lightseg(["train", "--arch", "miniseg", "--images", str(DATA / "images"), "--masks",
+                          str(DATA / "masks"), "--name", name, "-o", str(out), "--init", str(init),
+                          "--epochs", str(int(epochs)), "--lr", str(lr), "--val-fraction", "0.2", *fold_option,
+                          "--keep", args.keep, "--threads", str(args.threads), *split_options(args, split)],
+                         f"train, split {split}, stage {number}")
         init = out / f"{name}.json"
         card = json.loads(init.read_text())
         seconds += card["training"]["seconds"]
@@ -81,6 +87,14 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
             "last_dice": history[-1]["val_dice"],
             "minutes": seconds / 60,
             "per_image": json.loads(scores.read_text())["per_image"]}
+
+
+def check_reusable(card_path: Path, epochs: float, lr: float) -> None:
+    """Refuse to reuse (``--resume``) a kept stage model that was trained for another number of epochs or lr."""
+    recorded = json.loads(card_path.read_text())["training"]["hyperparameters"]
+    if (recorded["epochs"], recorded["lr"]) != (int(epochs), lr):
+        sys.exit(f"{card_path}: trained for {recorded['epochs']} epochs at lr {recorded['lr']}, not {int(epochs)} at "
+                 f"{lr}; remove it or leave out --resume")
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
@@ -154,10 +168,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads per run (default 2 divided among the jobs)")
     parser.add_argument("--json", type=Path, help="also write every split's figures and per-image scores here")
     parser.add_argument("--models", type=Path, help="keep the split models in this folder (default: a temporary one)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse split stages already kept in --models (an interrupted run goes on where it stopped)")
     parser.add_argument("--record-in", type=Path, metavar="CARD",
                         help="write the cross-validated figures into this model card (the recipe it was trained with)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further lightseg train options")
     args = parser.parse_args()
+    if args.resume and not args.models:
+        parser.error("--resume needs --models")
     if args.record_in and not (args.folds and args.record_in.is_file()):
         parser.error("--record-in needs --folds and an existing model card")
     args.threads = args.threads or max(1, 2 // args.jobs)
