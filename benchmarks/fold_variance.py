@@ -11,7 +11,7 @@ each ``--then EPOCHS LR`` stage continues from the previous stage's kept model. 
 starting model per split, so a later stage can be cross-validated from split models kept (``--models``) by an earlier
 run: ``--init 'build/cv5-stage1/split{split}-stage1.json'``. ``{split}`` in an ``--extra`` option is replaced too
 (per-split pseudo-labels: ``--pseudo-masks 'build/pseudo-self/split{split}'``). ``--resume`` reuses the split
-stages already kept in ``--models`` (same epochs and lr, checked), so an interrupted run, or one whose fold 0 was
+stages already kept in ``--models`` (same epochs, lr and fold, checked), so an interrupted run, or one whose fold 0 was
 trained first on its own to screen the recipe, goes on where it stopped.
 
 The table shows each split's best-epoch and last-epoch validation Inf-Net Dice and Dice@0.5 (of the last stage),
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
     for number, (epochs, lr) in enumerate(stages, 1):
         name = f"split{split}-stage{number}"
         if args.resume and (out / f"{name}.json").exists():
-            check_reusable(out / f"{name}.json", epochs, lr)
+            check_reusable(out / f"{name}.json", epochs, lr, fold_option)
         else:
             run_lightseg(["train", "--arch", "miniseg", "--images", str(DATA / "images"), "--masks",
                           str(DATA / "masks"), "--name", name, "-o", str(out), "--init", str(init),
@@ -89,12 +90,16 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
             "per_image": json.loads(scores.read_text())["per_image"]}
 
 
-def check_reusable(card_path: Path, epochs: float, lr: float) -> None:
-    """Refuse to reuse (``--resume``) a kept stage model that was trained for another number of epochs or lr."""
-    recorded = json.loads(card_path.read_text())["training"]["hyperparameters"]
-    if (recorded["epochs"], recorded["lr"]) != (int(epochs), lr):
-        sys.exit(f"{card_path}: trained for {recorded['epochs']} epochs at lr {recorded['lr']}, not {int(epochs)} at "
-                 f"{lr}; remove it or leave out --resume")
+def check_reusable(card_path: Path, epochs: float, lr: float, fold_option: list[str]) -> None:
+    """Refuse to reuse (``--resume``) a kept stage model trained for other epochs, lr or validation fold."""
+    training = json.loads(card_path.read_text())["training"]
+    recorded = training["hyperparameters"]
+    words = shlex.split(training["command"])
+    options = dict(zip(words, words[1:]))
+    same_fold = all(options.get(option) == value for option, value in zip(fold_option[::2], fold_option[1::2]))
+    if (recorded["epochs"], recorded["lr"]) != (int(epochs), lr) or not same_fold:
+        sys.exit(f"{card_path}: trained for {recorded['epochs']} epochs at lr {recorded['lr']} ({training['command']}), "
+                 f"not {int(epochs)} at {lr} with {' '.join(fold_option)}; remove it or leave out --resume")
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
