@@ -80,8 +80,10 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
     history = card["training"]["history"]
     best = max(history, key=lambda e: e["val_infnet_dice"])
     scores = out / f"split{split}-scores.json"
+    # A resumed split is re-scored: its scores file is derived from the (checked) kept model, so replacing it is safe.
+    rescore = ["--force"] if args.resume else []
     run_lightseg(["evaluate", "--model", str(init), "--images", str(DATA / "images"), "--masks", str(DATA / "masks"),
-                  "--only", *card["training"]["validation_names"], "--json", str(scores), "--device", "cpu"],
+                  "--only", *card["training"]["validation_names"], "--json", str(scores), "--device", "cpu", *rescore],
                  f"evaluate, split {split}")
     return {"split": split, "validation": card["training"]["validation_names"], "best_infnet": best["val_infnet_dice"],
             "best_dice": best["val_dice"], "last_infnet": history[-1]["val_infnet_dice"],
