@@ -375,6 +375,7 @@ class LightSegLogic(ScriptedLoadableModuleLogic):
         lines = [f"{card.id} {card.version} ({'bundled' if bundled else 'your model'})",
                  f"{card.architecture}, {card.parameters:,} parameters", card.description,
                  f"validation: {validation_summary(card)}",
+                 f"test-time flips: {', '.join(card.test_time_flips) or 'none'}",
                  f"licence: {card.licence}"]
         if card.parent:
             lines.append(f"fine-tuned from {card.parent['id']}")

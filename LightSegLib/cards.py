@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import LightSegError
 from .models import build_model
-from .network import InputSpec
+from .network import InputSpec, parse_flips
 
 CARD_SCHEMA_VERSION = 1
 
@@ -54,6 +54,8 @@ class ModelCard:
     description: str = ""
     output_activation: str = "softmax"
     infection_channel: int = 1
+    # Test-time flips ("horizontal", "vertical"): inference averages the plain pass with one pass per flip.
+    test_time_flips: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=lambda: ["background", "infection"])
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
@@ -74,7 +76,8 @@ class ModelCard:
 
     def input_spec(self) -> InputSpec:
         return InputSpec(self.normalisation["mean"], self.normalisation["std"], self.output_activation,
-                         self.infection_channel, (int(self.input_size[0]), int(self.input_size[1])))
+                         self.infection_channel, (int(self.input_size[0]), int(self.input_size[1])),
+                         tuple(self.test_time_flips))
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -91,6 +94,9 @@ class ModelCard:
             data = json.loads(Path(path).read_text())
             window = data.pop("hu_window", None)
             card = cls(**data, hu_window=HUWindow(**window) if window else None)
+            if not isinstance(card.test_time_flips, list):
+                raise TypeError(f"test_time_flips must be a list, not {card.test_time_flips!r}")
+            parse_flips(",".join(card.test_time_flips) or "none")
         except (OSError, ValueError, TypeError) as exc:
             raise LightSegError(f"not a valid LightSeg model card ({exc})", path) from None
         card.path = Path(path)

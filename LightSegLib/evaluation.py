@@ -28,6 +28,7 @@ def evaluate_slices(segmenter: Segmenter, data: SliceSet) -> dict[str, Any]:
         per_image.append((name, metrics.slice_metrics(probability, target > 0.5)))
     return {
         "model": segmenter.card.id,
+        "test_time_flips": list(segmenter.spec.flips),
         "mean": metrics.summarise([m for _, m in per_image]),
         "per_image": [{"image": name, **asdict(m)} for name, m in per_image],
         "hd95_unit": "pixels",

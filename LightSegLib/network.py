@@ -18,6 +18,22 @@ class InputSpec:
     activation: str = "softmax"
     infection_channel: int = 1
     size: tuple[int, int] = (288, 288)
+    flips: tuple[str, ...] = ()  # test-time flips: probabilities averaged over the plain and each flipped pass
+
+
+# Image axis of (B, C, H, W) input that each test-time flip reverses.
+FLIP_AXES = {"horizontal": -1, "vertical": -2}
+
+
+def parse_flips(text: str) -> tuple[str, ...]:
+    """``"horizontal,vertical"`` (or ``"none"``) -> the flips, each checked; raises ValueError naming a bad one."""
+    flips = () if text.strip() in ("", "none") else tuple(part.strip() for part in text.split(","))
+    for flip in flips:
+        if flip not in FLIP_AXES:
+            raise ValueError(f"unknown test-time flip {flip!r} (use {', '.join(FLIP_AXES)} or none)")
+    if len(set(flips)) != len(flips):
+        raise ValueError(f"test-time flips repeated: {text}")
+    return flips
 
 
 def normalise_input(x01: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
@@ -36,9 +52,15 @@ def infection_probability(logits: torch.Tensor, activation: str, channel: int = 
 
 
 def forward_probability(model: torch.nn.Module, spec: InputSpec, x01: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` on (B,1,H,W) [0, 1] intensities already at the input size; returns (B,H,W) probabilities."""
-    logits = model(normalise_input(x01, spec.mean, spec.std))[0]
-    return infection_probability(logits, spec.activation, spec.infection_channel)
+    """Run ``model`` on (B,1,H,W) [0, 1] intensities already at the input size; returns (B,H,W) probabilities,
+    averaged over the plain pass and one pass per test-time flip in ``spec.flips`` (each flipped back)."""
+    x = normalise_input(x01, spec.mean, spec.std)
+    total = infection_probability(model(x)[0], spec.activation, spec.infection_channel)
+    for flip in spec.flips:
+        axis = FLIP_AXES[flip]
+        flipped = infection_probability(model(x.flip(axis))[0], spec.activation, spec.infection_channel)
+        total = total + flipped.flip(axis)  # (B,H,W): the same negative axis is the same image axis
+    return total / (1 + len(spec.flips))
 
 
 @torch.inference_mode()

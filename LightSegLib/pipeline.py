@@ -32,6 +32,7 @@ class SegmentRequest:
     report: Path | None = None
     force: bool = False
     batch_size: int | None = None
+    test_time_flips: tuple[str, ...] | None = None  # None: the model card's
 
 
 @dataclass
@@ -71,7 +72,8 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     """
     start = time.perf_counter()
     check_outputs(request)
-    segmenter = segmenter or Segmenter(registry.resolve(request.model), request.device, request.batch_size)
+    segmenter = segmenter or Segmenter(registry.resolve(request.model), request.device, request.batch_size,
+                                       request.test_time_flips)
     tic = time.perf_counter()
     loaded = read_ahead.result() if read_ahead is not None else io.read_image(request.input)
     read_seconds = time.perf_counter() - tic
@@ -94,6 +96,7 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     write_seconds = time.perf_counter() - tic
     report = build_report(result, segmenter.card, str(segmenter.device), str(request.input), loaded.note,
                           {"read": read_seconds, "write": write_seconds})
+    report["model"]["test_time_flips"] = list(segmenter.spec.flips)
     report["timings_s"]["total"] = round(time.perf_counter() - start, 3)
     report["warnings"] = warnings
     if request.report is not None:

@@ -110,6 +110,17 @@ def test_corrupted_weights(tmp_path, untrained_card):
     _assert_refused(result, out, str(weights), "sha256")
 
 
+def test_unknown_test_time_flip_in_a_card_or_an_option(tmp_path, untrained_card):
+    models = tmp_path / "models"
+    shutil.copytree(untrained_card.path.parent, models)
+    card = models / untrained_card.path.name
+    card.write_text(card.read_text().replace('"test_time_flips": []', '"test_time_flips": ["diagonal"]'))
+    out = tmp_path / "out.nii.gz"
+    _assert_refused(run_cli("segment", SAMPLE, "-o", out, "--model", card), out, str(card), "'diagonal'")
+    result = run_cli("segment", SAMPLE, "-o", out, "--model", untrained_card.path, "--test-time-flips", "sideways")
+    _assert_refused(result, out, "--test-time-flips", "'sideways'")
+
+
 def test_unsupported_output_type(tmp_path, untrained_card):
     out = tmp_path / "out.xyz"
     _assert_refused(_segment(SAMPLE, out, untrained_card), out, "out.xyz", "unsupported output type")

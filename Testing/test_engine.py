@@ -106,3 +106,31 @@ def test_resampling_back_inside_a_window_equals_the_full_slice_there():
     window = (100, 400, 60, 470)
     part = resample(small, restrict_to_window(to_slice, window, 512, 480), (300, 410))
     assert torch.allclose(part, full[:, :, 100:400, 60:470], atol=1e-4)  # float32 grid rounding
+
+
+def test_test_time_flips_average_the_flipped_passes(untrained_card, sample):
+    """Each flipped pass is flipped back before averaging; the card's flips are the default, a caller's replace them."""
+    import dataclasses
+
+    import torch
+
+    from LightSegLib.network import forward_probability
+
+    plain = Segmenter(untrained_card, "cpu")
+    assert plain.spec.flips == ()
+    flipped = Segmenter(dataclasses.replace(untrained_card, test_time_flips=["horizontal", "vertical"]), "cpu")
+    assert flipped.spec.flips == ("horizontal", "vertical")
+    assert Segmenter(flipped.card, "cpu", test_time_flips=()).spec.flips == ()
+    x = torch.rand(2, 1, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        one = [forward_probability(plain.model, plain.spec, x),
+               forward_probability(plain.model, plain.spec, x.flip(-1)).flip(-1),
+               forward_probability(plain.model, plain.spec, x.flip(-2)).flip(-2)]
+        averaged = forward_probability(flipped.model, flipped.spec, x)
+    assert torch.allclose(averaged, sum(one) / 3, atol=1e-6)
+    assert (averaged - one[0]).abs().max() > 1e-3  # a random network is not flip-symmetric: the flips did something
+    shape = sitk.GetArrayViewFromImage(sample).shape
+    p_plain, p_flipped = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    plain.segment_volume(sample, probabilities=p_plain)
+    flipped.segment_volume(sample, probabilities=p_flipped)
+    assert np.abs(p_plain - p_flipped).max() > 1e-3  # the volume path uses them too

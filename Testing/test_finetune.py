@@ -80,6 +80,14 @@ def test_finetune_on_ct_and_seg_nrrd_makes_a_new_user_model(seg_site, untrained_
 
 
 def test_finetune_on_dicom_and_nrrd_label(tmp_path, untrained_card, user_store, p001):
+    """Also: the new model runs as its base does (the base's test-time flips)."""
+    import dataclasses
+
+    from LightSegLib.cards import load_network, save_model
+
+    base = dataclasses.replace(untrained_card, id="untrained-flipped", weights_file="untrained-flipped.pt",
+                               test_time_flips=["vertical"])
+    base_path = save_model(base, load_network(untrained_card).state_dict(), tmp_path / "base")
     volumes, labels = tmp_path / "volumes", tmp_path / "labels"
     volumes.mkdir()
     labels.mkdir()
@@ -88,12 +96,13 @@ def test_finetune_on_dicom_and_nrrd_label(tmp_path, untrained_card, user_store, 
                                    .astype(np.uint8))
     label.CopyInformation(p001)
     sitk.WriteImage(label, str(labels / "P001.nrrd"), useCompression=True)
-    result = run_cli("finetune", "--base", untrained_card.path, "--name", "site-dicom", "--volumes", volumes,
+    result = run_cli("finetune", "--base", base_path, "--name", "site-dicom", "--volumes", volumes,
                      "--labels", labels, "--epochs", "1", "--adapt", "all")
     assert result.returncode == 0, result.stderr
     assert "label value 1" in result.stderr
     card = ModelCard.load(user_store / "site-dicom.json")
     assert card.training["site_data"]["slices_with_infection"] == 60
+    assert card.test_time_flips == ["vertical"]
     assert card.training["hyperparameters"]["trainable"] == []
     assert {"enc.3", "dec.2", "heads.0"} <= _changed_modules(untrained_card, card)  # every layer was trained
 

@@ -43,6 +43,8 @@ def test_cards_record_training_validation_and_window(model_id):
     calibration = json.loads((REPO / "Resources" / "Calibration" / "hu-window-P001.json").read_text())
     assert (card.hu_window.level, card.hu_window.width) == (calibration["level"], calibration["width"])
     assert card.training["command"].startswith("lightseg train")
+    # the card runs as it was trained and validated: test-time flips only where the command asked for them
+    assert ("--test-time-flips" in card.training["command"]) == bool(card.test_time_flips)
     assert card.validation["kept"]["images"] == len(card.training["validation_names"]) > 0
     Segmenter(card, "cpu")  # sha256 verified, weights load strictly
 
@@ -79,6 +81,7 @@ def test_p001_end_to_end_keeps_geometry_and_reports(p001_run, p001):
         assert getattr(labels, getter)() == getattr(p001, getter)()
     report = json.loads((out / "report.json").read_text())
     assert report["model"]["id"] == "miniseg-covid"
+    assert report["model"]["test_time_flips"] == registry.resolve("miniseg-covid").test_time_flips
     assert report["slices"] == {"total": 148, "with_lung": 148}
     assert 4000 < report["lung_volume_ml"] < 8000
     assert 0 < report["infection_ml"] < 0.5 * report["lung_volume_ml"]

@@ -10,7 +10,9 @@ import torch
 
 from conftest import REPO, SAMPLE, SEMISEG, run_cli
 from LightSegLib.cards import ModelCard, load_network, sha256_of
+from LightSegLib.engine import Segmenter
 from LightSegLib.errors import LightSegError
+from LightSegLib.evaluation import evaluate_slices
 from LightSegLib.io import ijk_to_lps
 from LightSegLib.training.augment import AugmentConfig, augment, intensity
 from LightSegLib.training.slices import keep_clear_slices_in_proportion, load_image_folders, split_fold
@@ -34,9 +36,10 @@ def test_train_writes_a_loadable_model_with_its_card(few_slices, tmp_path):
     result = run_cli("train", "--images", few_slices / "images", "--masks", few_slices / "masks", "--name", "tiny",
                      "-o", out, "--epochs", "2", "--input-size", "64", "--val-fraction", "0.25",
                      "--hu-window-from", WINDOW, "--class-weights", "none", "--dice-weight", "0.5",
-                     "--tversky-beta", "0.7", "--min-contrast", "0.6")
+                     "--tversky-beta", "0.7", "--min-contrast", "0.6", "--test-time-flips", "horizontal")
     assert result.returncode == 0, result.stderr
     card = ModelCard.load(out / "tiny.json")
+    assert card.test_time_flips == ["horizontal"] and "--test-time-flips horizontal" in card.training["command"]
     assert card.training["hyperparameters"]["augment"]["min_contrast"] == 0.6
     assert card.training["hyperparameters"]["class_weights"] == "none"
     assert card.training["hyperparameters"]["dice_weight"] == 0.5
@@ -51,6 +54,12 @@ def test_train_writes_a_loadable_model_with_its_card(few_slices, tmp_path):
     state = torch.load(out / "tiny.pt", weights_only=True)
     assert not any(k.startswith("heads.1.") for k in state)  # auxiliary heads are for training only
     load_network(card)
+    # the card's validation figure is the model as it runs, test-time flips included
+    segmenter = Segmenter(card, "cpu")
+    validation = load_image_folders(few_slices / "images", few_slices / "masks")
+    validation = validation.subset([validation.names.index(n) for n in card.training["validation_names"]])
+    assert abs(evaluate_slices(segmenter, validation)["mean"]["infnet_dice"]
+               - card.validation["kept"]["infnet_dice"]) < 1e-6
 
 
 def test_card_records_the_whole_chain_of_parents(few_slices, tmp_path):

@@ -6,7 +6,8 @@ Reference: the plain eager fp32 forward at batch 1 on 512 x 512 input (the offic
 with the AHSP blocks computed in the paper's order as the official code does (``PaperOrderAHSP``).
 Engine: what LightSeg runs (BatchNorm folded, MiniSeg's linear steps merged, channels_last, batched; fp16 autocast on CUDA).
 End to end: `lightseg segment` in a subprocess (read, lung mask, inference, write) on the full-resolution P001 DICOM
-series and on a 512 x 512 x 600 volume made from it; wall time and peak RSS of that process.
+series (with the default model's test-time flips, and with a single pass) and on a 512 x 512 x 600 volume made from
+it; wall time and peak RSS of that process.
 """
 
 from __future__ import annotations
@@ -97,12 +98,12 @@ def network_rows(device: torch.device, seconds: float) -> list[tuple[str, float]
     ]
 
 
-def run_segment(input_path: Path, out_dir: Path, model: str = "miniseg-covid") -> dict:
+def run_segment(input_path: Path, out_dir: Path, model: str = "miniseg-covid", extra: tuple[str, ...] = ()) -> dict:
     """`lightseg segment` in a subprocess: wall time, peak RSS (MB) and the report's stage timings."""
     report = out_dir / f"{input_path.name}.json"
     command = [sys.executable, "-m", "LightSegLib", "segment", str(input_path), "-o",
                str(out_dir / f"{input_path.name}-labels.nrrd"), "--report", str(report), "--model", model,
-               "--device", "cpu", "--force"]
+               "--device", "cpu", "--force", *extra]
     start = time.perf_counter()
     # a fresh process per run, so RUSAGE_CHILDREN's peak is this run's (wrapped in a shell that reports it)
     probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
@@ -149,13 +150,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        volumes = [("P001 DICOM, 512x512x148", P001, 148)]
+        # the card's test-time flips (one network pass each, besides the plain one), and a single pass
+        volumes = [("P001 DICOM, 512x512x148", P001, 148, ()),
+                   ("P001 DICOM, --test-time-flips none", P001, 148, ("--test-time-flips", "none"))]
         if not args.skip_600:
-            volumes.append(("P001 x4, 512x512x600 (NRRD)", make_600(tmp), 600))
+            volumes.append(("P001 x4, 512x512x600 (NRRD)", make_600(tmp), 600, ()))
         print(f"\n{'end to end on the CPU (lightseg segment)':<36} {'wall s':>7} {'ref s':>7} {'ratio':>6} "
               f"{'peak RSS MB':>12}  stages (s)")
-        for name, path, n_slices in volumes:
-            runs = sorted((run_segment(path, tmp) for _ in range(args.repeats)), key=lambda r: r["wall_s"])
+        for name, path, n_slices, extra in volumes:
+            runs = sorted((run_segment(path, tmp, extra=extra) for _ in range(args.repeats)), key=lambda r: r["wall_s"])
             run = {**runs[len(runs) // 2], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
             ref_seconds = n_slices / reference["cpu"]
             stages = ", ".join(f"{k} {v:.2f}" for k, v in run["timings"].items() if k != "total")

@@ -12,7 +12,8 @@ starting model per split, so a later stage can be cross-validated from split mod
 run: ``--init 'build/cv5-stage1/split{split}-stage1.json'``. ``{split}`` in an ``--extra`` option is replaced too
 (per-split pseudo-labels: ``--pseudo-masks 'build/pseudo-self/split{split}'``). ``--resume`` reuses the split
 stages already kept in ``--models`` (same epochs, lr and fold, checked), so an interrupted run, or one whose fold 0 was
-trained first on its own to screen the recipe, goes on where it stopped.
+trained first on its own to screen the recipe, goes on where it stopped. ``--test-time-flips`` goes to training (the
+cards) and to scoring; a reused stage is scored with them too (flips change inference, not the weights).
 
 The table shows each split's best-epoch and last-epoch validation Inf-Net Dice and Dice@0.5 (of the last stage),
 their mean and standard deviation over the splits, and the kept models' per-image figures pooled over every
@@ -59,6 +60,11 @@ def split_options(args: argparse.Namespace, split: int) -> list[str]:
     return [for_split(option, split) for option in args.extra]
 
 
+def flips_option(args: argparse.Namespace) -> list[str]:
+    """``--test-time-flips`` for lightseg train and evaluate, where given."""
+    return ["--test-time-flips", args.test_time_flips] if args.test_time_flips else []
+
+
 def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
     """Train every stage of one split, then score its kept model per image on the split's validation slices."""
     fold_option = ["--seed", "0", "--val-fold", str(split)] if args.folds else ["--seed", str(split)]
@@ -72,7 +78,8 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
             run_lightseg(["train", "--arch", "miniseg", "--images", str(DATA / "images"), "--masks",
                           str(DATA / "masks"), "--name", name, "-o", str(out), "--init", str(init),
                           "--epochs", str(int(epochs)), "--lr", str(lr), "--val-fraction", "0.2", *fold_option,
-                          "--keep", args.keep, "--threads", str(args.threads), *split_options(args, split)],
+                          "--keep", args.keep, "--threads", str(args.threads), *flips_option(args),
+                          *split_options(args, split)],
                          f"train, split {split}, stage {number}")
         init = out / f"{name}.json"
         card = json.loads(init.read_text())
@@ -83,7 +90,8 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
     # A resumed split is re-scored: its scores file is derived from the (checked) kept model, so replacing it is safe.
     rescore = ["--force"] if args.resume else []
     run_lightseg(["evaluate", "--model", str(init), "--images", str(DATA / "images"), "--masks", str(DATA / "masks"),
-                  "--only", *card["training"]["validation_names"], "--json", str(scores), "--device", "cpu", *rescore],
+                  "--only", *card["training"]["validation_names"], "--json", str(scores), "--device", "cpu",
+                  *flips_option(args), *rescore],
                  f"evaluate, split {split}")
     return {"split": split, "validation": card["training"]["validation_names"], "best_infnet": best["val_infnet_dice"],
             "best_dice": best["val_dice"], "last_infnet": history[-1]["val_infnet_dice"],
@@ -107,7 +115,7 @@ def check_reusable(card_path: Path, epochs: float, lr: float, fold_option: list[
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     stages = " then ".join(f"{int(e)} epochs at lr {lr}" for e, lr in [(args.epochs, args.lr), *args.then])
     kind = f"{args.folds}-fold cross-validation (seed 0)" if args.folds else "random splits"
-    print(f"\n{kind}: {stages} from {args.init.name}, keep {args.keep} {' '.join(args.extra)}")
+    print(f"\n{kind}: {stages} from {args.init.name}, keep {args.keep} {' '.join(flips_option(args) + args.extra)}")
     print(f"{'split':<8} {'best InfNet':>12} {'best Dice':>10} {'last InfNet':>12} {'last Dice':>10} "
           f"{'kept InfNet':>12} {'kept Dice':>10}")
     for row in rows:
@@ -179,6 +187,9 @@ def main() -> None:
                         help="reuse split stages already kept in --models (an interrupted run goes on where it stopped)")
     parser.add_argument("--record-in", type=Path, metavar="CARD",
                         help="write the cross-validated figures into this model card (the recipe it was trained with)")
+    parser.add_argument("--test-time-flips", metavar="FLIPS",
+                        help="recorded in each split model's card and used to score it (lightseg train/evaluate); "
+                             "a stage reused by --resume is scored with them, as they do not change its weights")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further lightseg train options")
     args = parser.parse_args()
     if args.resume and not args.models:

@@ -50,3 +50,19 @@ def load_window(path: Path):
         return HUWindow(float(data["level"]), float(data["width"]), data["method"])
     except (OSError, ValueError, KeyError) as exc:
         raise LightSegError(f"not a calibrate-window result ({type(exc).__name__}: {exc})", path) from None
+
+
+FLIPS_HELP = ("test-time flips averaged with the plain pass: horizontal, vertical, horizontal,vertical or none "
+              "(default: the model card's; none is fastest)")
+
+
+def parse_flips_option(text: str | None) -> tuple[str, ...] | None:
+    """A ``--test-time-flips`` value -> the flips (None when the option was not given); one-line error if unknown."""
+    if text is None:
+        return None
+    from ..network import parse_flips
+
+    try:
+        return parse_flips(text)
+    except ValueError as exc:
+        raise LightSegError(str(exc), "--test-time-flips") from None

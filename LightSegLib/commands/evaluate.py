@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import LightSegError
 from ..defaults import DEFAULT_MODEL
+from .common import FLIPS_HELP, parse_flips_option
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", type=Path, required=True)
     p.add_argument("--only", nargs="*", help="evaluate only these image names (for example a model's validation fold)")
     p.add_argument("--json", type=Path, help="write per-image and mean metrics as JSON")
+    p.add_argument("--test-time-flips", metavar="FLIPS", help=FLIPS_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=run)
@@ -30,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import check_output_path, write_atomically
     from ..training.slices import load_image_folders
 
+    flips = parse_flips_option(args.test_time_flips)
     if args.json:
         check_output_path(args.json, (".json",), args.force)
     data = load_image_folders(args.images, args.masks)
@@ -38,9 +41,10 @@ def run(args: argparse.Namespace) -> int:
         data = data.subset([i for i, n in enumerate(data.names) if n in wanted])
         if len(data) != len(wanted):
             raise LightSegError("some --only names have no image/mask pair", args.images)
-    result = evaluate_slices(Segmenter(registry.resolve(args.model), args.device), data)
+    result = evaluate_slices(Segmenter(registry.resolve(args.model), args.device, test_time_flips=flips), data)
     mean = result["mean"]
-    print(f"{result['model']} on {mean['images']} images: Inf-Net mean Dice {mean['infnet_dice']:.4f}, "
+    flipped = f" (test-time flips: {', '.join(result['test_time_flips'])})" if result["test_time_flips"] else ""
+    print(f"{result['model']}{flipped} on {mean['images']} images: Inf-Net mean Dice {mean['infnet_dice']:.4f}, "
           f"Dice@0.5 {mean['dice']:.4f}, IoU {mean['iou']:.4f}, sensitivity {mean['sensitivity']:.4f}, "
           f"specificity {mean['specificity']:.4f}, HD95 {mean['hd95']:.1f} px")
     if args.json:

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     entries = registry.list_models()
     rows = [{"id": e.card.id, "version": e.card.version, "architecture": e.card.architecture,
              "parameters": e.card.parameters, "licence": e.card.licence.split(" (")[0],
-             "where": "bundled" if e.bundled else "user",
+             "where": "bundled" if e.bundled else "user", "test_time_flips": e.card.test_time_flips,
              "val_infnet_dice": e.card.validation.get("kept", {}).get("infnet_dice"),
              "cv_infnet_dice": e.card.validation.get("cross_validation", {}).get("infnet_dice"),
              "validation": validation_summary(e.card)} for e in entries]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import LightSegError
-from .common import load_window
+from .common import load_window, parse_flips_option
 
 if TYPE_CHECKING:
     from ..training.slices import SliceSet
@@ -55,6 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, help="stop after this many minutes (after the current epoch)")
     p.add_argument("--hu-window-from", type=Path, metavar="JSON",
                    help="HU window for CT volumes, as measured by 'lightseg calibrate-window'")
+    p.add_argument("--test-time-flips", metavar="FLIPS",
+                   help="inference averages the plain pass with these flipped ones: horizontal, vertical, "
+                        "horizontal,vertical or none (recorded in the card; default: --init's, else none)")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--description", default="")
     p.add_argument("--device", default="auto")
@@ -88,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if (output / f"{args.name}.json").exists() and not args.force:
         raise LightSegError("a model of that name exists there (use --force to replace it)", output / f"{args.name}.json")
     init = registry.resolve(args.init) if args.init else None
+    flips = parse_flips_option(args.test_time_flips) if args.test_time_flips else (
+        tuple(init.test_time_flips) if init else ())
     window = load_window(args.hu_window_from) if args.hu_window_from else (init.hu_window if init else None)
     if args.volumes or args.labels:
         if not (args.volumes and args.labels) or args.images or args.masks:
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch, name=args.name, output_dir=output, data=data,
         data_description=description,
         val_fraction=args.val_fraction, val_fold=args.val_fold, keep=args.keep, init=init,
-        hu_window=window, version=args.version, description=args.description,
+        hu_window=window, test_time_flips=flips, version=args.version, description=args.description,
         pseudo=pseudo, pseudo_description=pseudo_description)
     path, result = run_training(request, cfg, describe_command(), on_epoch=print_epoch)
     print(f"saved {path} (epoch {result.best_epoch if args.keep == 'best' else len(result.history)} kept, "

@@ -52,6 +52,7 @@ class TrainRequest:
     keep: str = "best"
     init: ModelCard | None = None
     hu_window: HUWindow | None = None
+    test_time_flips: tuple[str, ...] = ()  # also used by the per-epoch validation, as at inference
     version: str = "1.0.0"
     description: str = ""
     extra_card: dict = field(default_factory=dict)
@@ -102,7 +103,8 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
         channels = ARCH_DEFAULTS[request.arch]["config"]["in_channels"]
         mean, std = (list(v) for v in zip(*[train_set.intensity_stats()] * channels))
     activation = ARCH_DEFAULTS[request.arch]["activation"]
-    spec = InputSpec(mean, std, activation, 1 if activation == "softmax" else 0, (cfg.input_size, cfg.input_size))
+    spec = InputSpec(mean, std, activation, 1 if activation == "softmax" else 0, (cfg.input_size, cfg.input_size),
+                     request.test_time_flips)
     architecture = ARCH_DEFAULTS[request.arch]["architecture"]
     torch.manual_seed(cfg.seed)  # the initial weights of a model trained from scratch come from the seed too
     model = _training_network(request.arch, request.init)
@@ -127,6 +129,7 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
         description=request.description,
         output_activation=activation,
         infection_channel=spec.infection_channel,
+        test_time_flips=list(request.test_time_flips),
         training={
             "command": shlex.join(command),
             "data": request.data_description,
