@@ -18,7 +18,7 @@ from torch import nn
 
 from .errors import LightSegError
 from .models import build_model
-from .network import InputSpec, parse_flips
+from .network import InputSpec, check_flips
 
 CARD_SCHEMA_VERSION = 1
 
@@ -96,7 +96,7 @@ class ModelCard:
             card = cls(**data, hu_window=HUWindow(**window) if window else None)
             if not isinstance(card.test_time_flips, list):
                 raise TypeError(f"test_time_flips must be a list, not {card.test_time_flips!r}")
-            parse_flips(",".join(card.test_time_flips) or "none")
+            check_flips(card.test_time_flips)
         except (OSError, ValueError, TypeError) as exc:
             raise LightSegError(f"not a valid LightSeg model card ({exc})", path) from None
         card.path = Path(path)

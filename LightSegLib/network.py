@@ -25,15 +25,19 @@ class InputSpec:
 FLIP_AXES = {"horizontal": -1, "vertical": -2}
 
 
-def parse_flips(text: str) -> tuple[str, ...]:
-    """``"horizontal,vertical"`` (or ``"none"``) -> the flips, each checked; raises ValueError naming a bad one."""
-    flips = () if text.strip() in ("", "none") else tuple(part.strip() for part in text.split(","))
+def check_flips(flips: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The flips as a tuple, each known and none repeated; raises ValueError naming a bad one."""
     for flip in flips:
         if flip not in FLIP_AXES:
             raise ValueError(f"unknown test-time flip {flip!r} (use {', '.join(FLIP_AXES)} or none)")
     if len(set(flips)) != len(flips):
-        raise ValueError(f"test-time flips repeated: {text}")
-    return flips
+        raise ValueError(f"test-time flips repeated: {', '.join(flips)}")
+    return tuple(flips)
+
+
+def parse_flips(text: str) -> tuple[str, ...]:
+    """``"horizontal,vertical"`` (or ``"none"``) -> the flips, checked."""
+    return check_flips([] if text.strip() in ("", "none") else [part.strip() for part in text.split(",")])
 
 
 def normalise_input(x01: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:

@@ -91,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
     if (output / f"{args.name}.json").exists() and not args.force:
         raise LightSegError("a model of that name exists there (use --force to replace it)", output / f"{args.name}.json")
     init = registry.resolve(args.init) if args.init else None
-    flips = parse_flips_option(args.test_time_flips) if args.test_time_flips else (
-        tuple(init.test_time_flips) if init else ())
+    flips = parse_flips_option(args.test_time_flips)
+    if flips is None:
+        flips = tuple(init.test_time_flips) if init else ()
     window = load_window(args.hu_window_from) if args.hu_window_from else (init.hu_window if init else None)
     if args.volumes or args.labels:
         if not (args.volumes and args.labels) or args.images or args.masks:
