@@ -43,6 +43,7 @@ class Segmentation:
     slices_total: int
     slices_segmented: int
     timings: dict[str, float] = field(default_factory=dict)
+    test_time_flips: tuple[str, ...] = ()  # the flipped passes averaged with the plain one
 
 
 class Segmenter:
@@ -79,7 +80,7 @@ class Segmenter:
         if probabilities is not None:
             probabilities[...] = prob
         labels = image_from_array((prob >= THRESHOLD).astype(np.uint8) * INFECTION, image)
-        return Segmentation(labels, None, None, 1, 1, {"inference": time.perf_counter() - start})
+        return Segmentation(labels, None, None, 1, 1, {"inference": time.perf_counter() - start}, self.spec.flips)
 
     def segment_volume(self, image: sitk.Image, progress: Progress | None = None, cancel: Cancel | None = None,
                        probabilities: np.ndarray | None = None) -> Segmentation:
@@ -120,4 +121,5 @@ class Segmenter:
             if progress is not None:
                 progress(min(start + self.batch_size, total), total)
         timings["inference"] = time.perf_counter() - tic
-        return Segmentation(image_from_array(labels, image), view, lungs, hu.shape[0], total, timings)
+        return Segmentation(image_from_array(labels, image), view, lungs, hu.shape[0], total, timings,
+                            self.spec.flips)

@@ -96,7 +96,6 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     write_seconds = time.perf_counter() - tic
     report = build_report(result, segmenter.card, str(segmenter.device), str(request.input), loaded.note,
                           {"read": read_seconds, "write": write_seconds})
-    report["model"]["test_time_flips"] = list(segmenter.spec.flips)
     report["timings_s"]["total"] = round(time.perf_counter() - start, 3)
     report["warnings"] = warnings
     if request.report is not None:

@@ -132,5 +132,9 @@ def test_test_time_flips_average_the_flipped_passes(untrained_card, sample):
     shape = sitk.GetArrayViewFromImage(sample).shape
     p_plain, p_flipped = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     plain.segment_volume(sample, probabilities=p_plain)
-    flipped.segment_volume(sample, probabilities=p_flipped)
+    result = flipped.segment_volume(sample, probabilities=p_flipped)
     assert np.abs(p_plain - p_flipped).max() > 1e-3  # the volume path uses them too
+    # the report (of the CLI and of the Slicer module alike) says how the mask was made
+    from LightSegLib.report import build_report
+
+    assert build_report(result, flipped.card, "cpu", "sample")["model"]["test_time_flips"] == ["horizontal", "vertical"]
