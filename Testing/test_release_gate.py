@@ -57,8 +57,12 @@ def test_gate_on_p001_passes_the_committed_default_and_fails_a_miscalibrated_cop
     assert "FAIL: " in result.stdout
 
 
-def test_unknown_revision_is_a_one_line_error():
-    result = compare_p001("--models", "miniseg-covid", "no-such-revision:miniseg-covid", "--gate")
-    assert result.returncode != 0
-    assert result.stderr.strip().startswith("error: no-such-revision:Resources/Models/miniseg-covid.json")
-    assert len(result.stderr.strip().splitlines()) == 1
+@pytest.mark.parametrize("model, message", [
+    ("no-such-revision:miniseg-covid", "error: no-such-revision:Resources/Models/miniseg-covid.json: "),
+    ("HEAD:no-such-model", "error: HEAD:Resources/Models/no-such-model.json: "),
+    ("no-such-model", "error: no-such-model: unknown model"),
+])
+def test_an_unknown_model_or_revision_is_a_one_line_error_not_a_gate_failure(model, message):
+    result = compare_p001("--models", "miniseg-covid", model, "--gate")
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from LightSegLib import registry  # noqa: E402
 from LightSegLib.engine import Segmenter  # noqa: E402
+from LightSegLib.errors import LightSegError  # noqa: E402
 from LightSegLib.evaluation import (MIN_INFECTED_AREA_MM2, area_at_labelled_slices,  # noqa: E402
                                     infected_area_per_slice, read_slice_labels, slice_level_agreement)
 from LightSegLib.io import read_image  # noqa: E402
@@ -63,7 +64,8 @@ def git_show(revision: str, path: str) -> bytes:
     """A file's bytes as committed at ``revision`` in this repository."""
     shown = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:{path}"], capture_output=True)
     if shown.returncode != 0:
-        sys.exit(f"error: {revision}:{path}: {shown.stderr.decode().strip() or 'not in git history'}")
+        problem = shown.stderr.decode().strip().splitlines()[-1:] or ["not in git history"]
+        raise LightSegError(problem[0], f"{revision}:{path}")
     return shown.stdout
 
 
@@ -125,6 +127,15 @@ def gate_failures(candidate: dict, reference: dict) -> list[str]:
 
 
 def main() -> None:
+    """Bad input (an unknown model, revision or file) is one line on stderr and exit status 2; a failed gate is 1."""
+    try:
+        compare(parse_args())
+    except LightSegError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True,
                         help="model ids, card paths or REVISION:ID; the first is the reference")
@@ -138,7 +149,11 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.models) < 2:
         parser.error("--models needs a reference and at least one model to compare with it")
+    return args
 
+
+def compare(args: argparse.Namespace) -> None:
+    """Score every model on P001, print the tables and the gate, and exit 1 if --gate is given and a model fails."""
     scores, rows = [], []
     with tempfile.TemporaryDirectory() as revisions:
         paths = [model_at_revision(m, Path(revisions)) if ":" in m and not Path(m).exists() else m for m in args.models]
