@@ -73,6 +73,9 @@ def test_finetune_on_ct_and_seg_nrrd_makes_a_new_user_model(seg_site, untrained_
 
     listed = json.loads(run_cli("models", "--json").stdout)
     assert any(r["id"] == "site-v1" and r["where"] == "user" for r in listed)
+    table = {line.split()[0]: line for line in run_cli("models").stdout.splitlines()[1:]}
+    # not cross-validated: the table shows the figure on its own held-out slices, and says so
+    assert table["site-v1"].endswith(f"{card.validation['kept']['infnet_dice']:.3f} (validation fold)")
     out = tmp_path / "seg.nii.gz"
     assert run_cli("segment", SAMPLE, "-o", out, "--model", "site-v1").returncode == 0 and out.exists()
     removed = run_cli("models", "--remove", "site-v1")

@@ -3,6 +3,7 @@
     python benchmarks/fold_variance.py [--init build/models/miniseg-pseudo.json] [--seeds 0 1 2 3 4] [--epochs 100]
                                        [--lr 1e-3] [--then EPOCHS LR ...] [--jobs 1] [--extra TRAIN_OPTION ...]
     python benchmarks/fold_variance.py --folds 5 ...     # cross-validation: disjoint folds 0-4 of split seed 0
+    python benchmarks/fold_variance.py --arch ulite --init build/ulite11/ulite-pseudo.json ...   # another network
 
 Random splits (``--seeds``): each seed draws its own validation fold (and training order). Cross-validation
 (``--folds K``): folds 0..K-1 of seed 0 (``lightseg train --val-fold``) are disjoint and validate every slice once;
@@ -75,7 +76,7 @@ def train_split(split: int, args: argparse.Namespace, out: Path) -> dict:
         if args.resume and (out / f"{name}.json").exists():
             check_reusable(out / f"{name}.json", epochs, lr, fold_option)
         else:
-            run_lightseg(["train", "--arch", "miniseg", "--images", str(DATA / "images"), "--masks",
+            run_lightseg(["train", "--arch", args.arch, "--images", str(DATA / "images"), "--masks",
                           str(DATA / "masks"), "--name", name, "-o", str(out), "--init", str(init),
                           "--epochs", str(int(epochs)), "--lr", str(lr), "--val-fraction", "0.2", *fold_option,
                           "--keep", args.keep, "--threads", str(args.threads), *flips_option(args),
@@ -115,7 +116,8 @@ def check_reusable(card_path: Path, epochs: float, lr: float, fold_option: list[
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     stages = " then ".join(f"{int(e)} epochs at lr {lr}" for e, lr in [(args.epochs, args.lr), *args.then])
     kind = f"{args.folds}-fold cross-validation (seed 0)" if args.folds else "random splits"
-    print(f"\n{kind}: {stages} from {args.init.name}, keep {args.keep} {' '.join(flips_option(args) + args.extra)}")
+    options = " ".join(flips_option(args) + args.extra)
+    print(f"\n{kind}: {args.arch}, {stages} from {args.init.name}, keep {args.keep} {options}")
     print(f"{'split':<8} {'best InfNet':>12} {'best Dice':>10} {'last InfNet':>12} {'last Dice':>10} "
           f"{'kept InfNet':>12} {'kept Dice':>10}")
     for row in rows:
@@ -170,6 +172,7 @@ def record_in_card(card_path: Path, rows: list[dict], args: argparse.Namespace) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="miniseg", help="network trained per split (lightseg train --arch)")
     parser.add_argument("--init", type=Path, default=REPO / "build" / "models" / "miniseg-pseudo.json",
                         help="starting model; {split} in the path is replaced by the split's number")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
