@@ -41,6 +41,11 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           cwd=REPO, env={**os.environ, **(env or {})}, timeout=900)
 
 
+def models_table_rows() -> dict[str, str]:
+    """The rows of ``lightseg models`` (header dropped), keyed by model id."""
+    return {line.split()[0]: line for line in run_cli("models").stdout.splitlines()[1:]}
+
+
 @pytest.fixture(scope="session")
 def p001() -> sitk.Image:
     from LightSegLib.io import read_image

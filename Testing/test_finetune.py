@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import slicerio
 import torch
 
-from conftest import P001_DICOM, SAMPLE, SEMISEG, run_cli
+from conftest import P001_DICOM, SAMPLE, SEMISEG, models_table_rows, run_cli
 from LightSegLib.cards import ModelCard, sha256_of
 from LightSegLib.defaults import FINETUNE_DEFAULTS
 from LightSegLib.io import ijk_to_lps
@@ -73,7 +73,7 @@ def test_finetune_on_ct_and_seg_nrrd_makes_a_new_user_model(seg_site, untrained_
 
     listed = json.loads(run_cli("models", "--json").stdout)
     assert any(r["id"] == "site-v1" and r["where"] == "user" for r in listed)
-    table = {line.split()[0]: line for line in run_cli("models").stdout.splitlines()[1:]}
+    table = models_table_rows()
     # not cross-validated: the table shows the figure on its own held-out slices, and says so
     assert table["site-v1"].endswith(f"{card.validation['kept']['infnet_dice']:.3f} (validation fold)")
     out = tmp_path / "seg.nii.gz"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import P001_DICOM, P001_LABELS, REPO, SEMISEG, run_cli
+from conftest import P001_DICOM, P001_LABELS, REPO, SEMISEG, models_table_rows, run_cli
 from LightSegLib import registry
 from LightSegLib.cards import validation_summary
 from LightSegLib.engine import Segmenter
@@ -62,7 +62,7 @@ def test_model_cards_carry_their_recipes_cross_validated_figure(model_id):
     # fold 0 is the card's own validation fold, scored by the shipped weights (both keep their last epoch)
     assert abs(cv["per_fold_infnet_dice"][0] - card.validation["kept"]["infnet_dice"]) < 1e-4
     assert f"Inf-Net Dice {cv['infnet_dice']:.3f}" in validation_summary(card).split("; ")[0]
-    rows = {line.split()[0]: line for line in run_cli("models").stdout.splitlines()[1:]}
+    rows = models_table_rows()
     assert rows[model_id].endswith(f"{cv['infnet_dice']:.3f} (cross-validated)")
 
 
