@@ -19,6 +19,7 @@ from torch import nn
 from .errors import LightSegError
 from .models import build_model
 from .network import InputSpec, check_flips
+from .postprocess import PostProcessing
 
 CARD_SCHEMA_VERSION = 1
 
@@ -56,6 +57,8 @@ class ModelCard:
     infection_channel: int = 1
     # Test-time flips ("horizontal", "vertical"): inference averages the plain pass with one pass per flip.
     test_time_flips: list[str] = field(default_factory=list)
+    # 3D clean-up of the infection mask on volumes (postprocess.PostProcessing's fields); empty: none
+    postprocessing: dict[str, Any] = field(default_factory=dict)
     classes: list[str] = field(default_factory=lambda: ["background", "infection"])
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +82,9 @@ class ModelCard:
                          self.infection_channel, (int(self.input_size[0]), int(self.input_size[1])),
                          tuple(self.test_time_flips))
 
+    def postprocessing_settings(self) -> PostProcessing:
+        return PostProcessing.from_card(self.postprocessing)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("path")
@@ -97,6 +103,7 @@ class ModelCard:
             if not isinstance(card.test_time_flips, list):
                 raise TypeError(f"test_time_flips must be a list, not {card.test_time_flips!r}")
             check_flips(card.test_time_flips)
+            card.postprocessing_settings()
         except (OSError, ValueError, TypeError) as exc:
             raise LightSegError(f"not a valid LightSeg model card ({exc})", path) from None
         card.path = Path(path)

@@ -22,7 +22,8 @@ from .io import INFECTION, LUNG
 from .lungs import LungMask
 from .models.inference import inference_form
 from .network import forward_probability, predict_image
-from .preprocess import crop_affines, crops_for_network, lung_crops, resample, restrict_to_window
+from .postprocess import PostProcessing, clean_infection
+from .preprocess import SliceBoxes, crop_affines, crops_for_network, lung_crops, resample, restrict_to_window
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
@@ -44,15 +45,20 @@ class Segmentation:
     slices_segmented: int
     timings: dict[str, float] = field(default_factory=dict)
     test_time_flips: tuple[str, ...] = ()  # the flipped passes averaged with the plain one
+    # volumes only: the 3D clean-up's "settings" and what it "removed" per rule (components, mL)
+    postprocessing: dict[str, dict] = field(default_factory=dict)
 
 
 class Segmenter:
     """A loaded model on a device, ready to segment volumes and slices."""
 
     def __init__(self, card: ModelCard, device: str = "auto", batch_size: int | None = None,
-                 test_time_flips: tuple[str, ...] | None = None) -> None:
-        """``test_time_flips`` replaces the card's (``()`` for a single plain pass: faster, slightly less accurate)."""
+                 test_time_flips: tuple[str, ...] | None = None, postprocessing: PostProcessing | None = None
+                 ) -> None:
+        """``test_time_flips`` replaces the card's (``()`` for a single plain pass: faster, slightly less accurate);
+        ``postprocessing`` replaces the card's 3D clean-up of volumes (``PostProcessing()`` for none)."""
         self.card = card
+        self.postprocessing = card.postprocessing_settings() if postprocessing is None else postprocessing
         spec = card.input_spec()
         self.spec = spec if test_time_flips is None else replace(spec, flips=tuple(test_time_flips))
         self.device = pick_device(device)
@@ -64,6 +70,21 @@ class Segmenter:
     def _forward(self, x01: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             return forward_probability(self.model, self.spec, x01).float()
+
+    def _clean(self, labels_c: np.ndarray, hu: np.ndarray, lungs: LungMask, crops: SliceBoxes,
+               spacing: tuple[float, float, float]) -> dict[str, dict[str, float]]:
+        """The 3D clean-up, inside the lungs' box (one slice lower, so a component on the lowest lung slice still
+        has the slice below it): dropped infection becomes lung. Returns what each rule removed."""
+        box = (slice(max(int(crops.slices[0]) - 1, 0), int(crops.slices[-1]) + 1),
+               slice(int(crops.boxes[:, 0].min()), int(crops.boxes[:, 1].max())),
+               slice(int(crops.boxes[:, 2].min()), int(crops.boxes[:, 3].max())))
+        in_box = labels_c[box]
+        infection = in_box == INFECTION
+        kept = infection.copy()
+        removed = clean_infection(kept, hu[box], lungs.lungs[box], spacing, self.postprocessing)
+        if removed:
+            in_box[infection & ~kept] = LUNG
+        return removed
 
     def segment(self, image: sitk.Image, is_2d: bool, progress: Progress | None = None, cancel: Cancel | None = None,
                 probabilities: np.ndarray | None = None) -> Segmentation:
@@ -121,5 +142,10 @@ class Segmenter:
             if progress is not None:
                 progress(min(start + self.batch_size, total), total)
         timings["inference"] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        removed = {}
+        if total and self.postprocessing.active:
+            removed = self._clean(labels_c, hu, lungs, crops, view.spacing)
+        timings["postprocessing"] = time.perf_counter() - tic
         return Segmentation(image_from_array(labels, image), view, lungs, hu.shape[0], total, timings,
-                            self.spec.flips)
+                            self.spec.flips, {"settings": self.postprocessing.to_card(), "removed": removed})

@@ -59,6 +59,7 @@ def build_report(result: Segmentation, card: ModelCard, device: str, input_path:
         "input_note": note,
         "model": {"id": card.id, "version": card.version, "architecture": card.architecture,
                   "weights_sha256": card.weights_sha256, "test_time_flips": list(result.test_time_flips)},
+        "postprocessing": result.postprocessing,
         "device": device,
         "slices": {"total": result.slices_total, "with_lung": result.slices_segmented},
         **measurements,

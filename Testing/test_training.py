@@ -14,6 +14,7 @@ from LightSegLib.engine import Segmenter
 from LightSegLib.errors import LightSegError
 from LightSegLib.evaluation import evaluate_slices
 from LightSegLib.io import ijk_to_lps
+from LightSegLib.postprocess import RECOMMENDED_POSTPROCESSING
 from LightSegLib.training.augment import AugmentConfig, augment, intensity
 from LightSegLib.training.slices import keep_clear_slices_in_proportion, load_image_folders, split_fold
 
@@ -40,6 +41,7 @@ def test_train_writes_a_loadable_model_with_its_card(few_slices, tmp_path):
     assert result.returncode == 0, result.stderr
     card = ModelCard.load(out / "tiny.json")
     assert card.test_time_flips == ["horizontal"] and "--test-time-flips horizontal" in card.training["command"]
+    assert card.postprocessing_settings() == RECOMMENDED_POSTPROCESSING  # a model trained from scratch
     assert card.training["hyperparameters"]["augment"]["min_contrast"] == 0.6
     assert card.training["hyperparameters"]["class_weights"] == "none"
     assert card.training["hyperparameters"]["dice_weight"] == 0.5
@@ -77,6 +79,7 @@ def test_card_records_the_whole_chain_of_parents(few_slices, tmp_path):
     assert lineage["sha256"] == parent.weights_sha256
     assert lineage["training_command"] == parent.training["command"]
     assert lineage["initialised_from"] == parent.training["initialised_from"] is not None
+    assert child.postprocessing == parent.postprocessing  # the initial model's inference settings
 
 
 @pytest.fixture

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.augment import AugmentConfig
     from ..training.loop import TrainConfig
     from ..models import SIZE_MULTIPLE
+    from ..postprocess import RECOMMENDED_POSTPROCESSING
     from ..training.recipe import TrainRequest, arch_recipe, describe_command, print_epoch, run_training
     from ..training.slices import load_image_folders
 
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         arch=args.arch, name=args.name, output_dir=output, data=data,
         data_description=description,
         val_fraction=args.val_fraction, val_fold=args.val_fold, keep=args.keep, init=init,
-        hu_window=window, test_time_flips=flips, version=args.version, description=args.description,
+        hu_window=window, test_time_flips=flips,
+        postprocessing=dict(init.postprocessing) if init else RECOMMENDED_POSTPROCESSING.to_card(), version=args.version, description=args.description,
         pseudo=pseudo, pseudo_description=pseudo_description)
     path, result = run_training(request, cfg, describe_command(), on_epoch=print_epoch)
     print(f"saved {path} (epoch {result.best_epoch if args.keep == 'best' else len(result.history)} kept, "

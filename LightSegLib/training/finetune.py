@@ -139,7 +139,7 @@ def run_finetune(request: FinetuneRequest, cfg: TrainConfig, command: list[str],
         licence=f"site model derived from {base.id} ({base.licence})",
         description=f"{base.id} fine-tuned on site data with lightseg finetune",
         output_activation=base.output_activation, infection_channel=base.infection_channel,
-        test_time_flips=list(base.test_time_flips),
+        test_time_flips=list(base.test_time_flips), postprocessing=dict(base.postprocessing),
         training={
             "command": shlex.join(redact_site_paths(command)),
             "site_data": {**request.site.summary, "finetune_slices": len(train_set), "held_out_slices": len(val_set),

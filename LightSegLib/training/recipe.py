@@ -53,6 +53,7 @@ class TrainRequest:
     init: ModelCard | None = None
     hu_window: HUWindow | None = None
     test_time_flips: tuple[str, ...] = ()  # also used by the per-epoch validation, as at inference
+    postprocessing: dict = field(default_factory=dict)  # the card's 3D clean-up settings (not used in training)
     version: str = "1.0.0"
     description: str = ""
     extra_card: dict = field(default_factory=dict)
@@ -130,6 +131,7 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
         output_activation=activation,
         infection_channel=spec.infection_channel,
         test_time_flips=list(request.test_time_flips),
+        postprocessing=dict(request.postprocessing),
         training={
             "command": shlex.join(command),
             "data": request.data_description,

@@ -1,0 +1,98 @@
+"""3D clean-up of the slice-wise infection mask: removes what a 2D network cannot tell from a lesion.
+
+Each rule judges one connected infection component (26-connected, in the canonical (S, P, L) array) as a whole:
+- ``remove_domes``: the tip of the liver or spleen dome, seen in a basal slice as a round partial-volume blob or a
+  rim surrounded by lung. The organ under the diaphragm continues right below the component: solid tissue outside
+  the lungs lies under at least ``DOME_MIN_SUPPORT`` of its lowest slice. A lesion lying on the diaphragm has lung
+  (or more lesion) under most of its lowest slice, because the lung runs further down around the dome than it does.
+- ``min_lesion_mm3``: components smaller than this volume (speckle on vessels and fissures).
+
+The rules are part of the model's inference settings (the card's ``postprocessing``), so ``segment``, the Slicer
+module, batch runs and the volume benchmark apply the same ones. They run on the thresholded mask only: the
+probability map that ``--probabilities`` writes is the network's, before this step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+SOLID_MIN_HU = -200.0  # outside the lungs and at least this dense: organ or muscle, not air or fat
+DOME_MIN_SUPPORT = 0.5
+_CONNECTIVITY = np.ones((3, 3, 3), bool)
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """Which clean-up rules run after the network; the default runs none (as for cards written before it existed)."""
+
+    min_lesion_mm3: float = 0.0
+    remove_domes: bool = False
+
+    @classmethod
+    def from_card(cls, settings: dict[str, Any] | None) -> "PostProcessing":
+        """From a card's ``postprocessing`` dict; an unknown key is an error (a newer card, or a typo)."""
+        settings = dict(settings or {})
+        unknown = sorted(set(settings) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown postprocessing settings {unknown}")
+        return cls(**settings)
+
+    def to_card(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def active(self) -> bool:
+        return self.min_lesion_mm3 > 0 or self.remove_domes
+
+
+# What a newly trained model gets (``lightseg train`` without --init); measured in benchmarks/RESULTS.md, "Volumes"
+RECOMMENDED_POSTPROCESSING = PostProcessing(min_lesion_mm3=500.0, remove_domes=True)
+
+
+def support_from_below(component: np.ndarray, box: tuple[slice, ...], hu: np.ndarray, lungs: np.ndarray) -> float:
+    """Fraction of the component's lowest slice with solid tissue outside the lungs in the slice right below.
+
+    ``component`` is the component's mask inside its bounding ``box`` of the (S, P, L) volume.
+    """
+    z = box[0].start
+    if z == 0:
+        return 0.0  # nothing below the scan: no evidence of an organ
+    footprint = component[0]
+    below = (slice(z - 1, z), box[1], box[2])
+    solid = (hu[below][0] >= SOLID_MIN_HU) & ~lungs[below][0]
+    return float(solid[footprint].mean())
+
+
+def clean_infection(infection: np.ndarray, hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float],
+                    settings: PostProcessing) -> dict[str, dict[str, float]]:
+    """Remove, in place, the components of the canonical ``infection`` mask that a rule rejects.
+
+    Returns, per rule that removed anything, the number of components and their volume in mL (for the report).
+    """
+    removed: dict[str, dict[str, float]] = {}
+    if not settings.active or not infection.any():
+        return removed
+    # label inside the infection's bounding box only: labelling the whole volume is most of the time
+    region = tuple(slice(int(hits[0]), int(hits[-1]) + 1)
+                   for hits in (np.flatnonzero(infection.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))))
+    labels, _ = ndimage.label(infection[region], _CONNECTIVITY)
+    voxel_mm3 = float(np.prod(spacing))
+    for index, local in enumerate(ndimage.find_objects(labels), start=1):
+        component = labels[local] == index
+        box = tuple(slice(r.start + b.start, r.start + b.stop) for r, b in zip(region, local))
+        voxels = int(np.count_nonzero(component))
+        if settings.remove_domes and support_from_below(component, box, hu, lungs) >= DOME_MIN_SUPPORT:
+            rule = "dome"
+        elif voxels * voxel_mm3 < settings.min_lesion_mm3:
+            rule = "small"
+        else:
+            continue
+        infection[box][component] = False
+        entry = removed.setdefault(rule, {"components": 0, "ml": 0.0})
+        entry["components"] += 1
+        entry["ml"] += voxels * voxel_mm3 / 1000
+    return {rule: {"components": e["components"], "ml": round(e["ml"], 2)} for rule, e in removed.items()}

@@ -1,0 +1,341 @@
+"""Models on every real HU chest CT in ../shared/data/covid-ct-md, with the release gate a new default must pass.
+
+    python benchmarks/volume_benchmark.py --models miniseg-covid                       # the table
+    python benchmarks/volume_benchmark.py --models miniseg-covid build/cand/miniseg-covid.json --gate
+    python benchmarks/volume_benchmark.py --models 1b2c3d4:miniseg-covid miniseg-covid --postprocessing '{}'
+
+A model is an id, a card path, or REVISION:ID for a bundled model as committed at a git revision (its card and weights
+are read with `git show`), so earlier defaults can be compared without keeping copies of them. Each model runs as
+`lightseg segment` runs it (the card's test-time flips and 3D post-processing, unless --test-time-flips or
+--postprocessing replace them for every model).
+
+Per model and case: for a case with radiologists' slice labels (P001: COVID-19; cap002: other pneumonia), the ROC AUC
+of the predicted infected area per slice with a 95 % block-bootstrap interval, and sensitivity and specificity of
+"slice infected" (at least 20 mm^2 predicted); for the normal CT (normal001), the infection volume found and the
+slices called; for every case the infection volume and the seconds from reading the DICOM series to the label map.
+Neighbouring slices are not independent (a lesion spans several), so the intervals resample blocks of consecutive
+slices (--block, default 10 slices, 2 cm here); shorter blocks give narrower, over-confident intervals.
+
+Then every model after the first is compared with it (AUC change with its interval, slices whose call changed) and
+checked by the release gate (README, "Models"): on each labelled case the AUC change's interval not wholly below 0, net
+at most 3 infected slices losing their call and net at most 3 clear slices gaining one; P001's infection volume within
+25 %; at most 1 mL more infection than the reference on the normal CT. With --gate the exit status is 1 if any model
+fails; bad input (an unknown model, revision or file) is one line on stderr and exit status 2. The issue's targets for
+the shipped default are printed for every model (not part of the gate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from LightSegLib import registry  # noqa: E402
+from LightSegLib.commands.common import parse_flips_option  # noqa: E402
+from LightSegLib.engine import Segmenter  # noqa: E402
+from LightSegLib.errors import LightSegError  # noqa: E402
+from LightSegLib.evaluation import (MIN_INFECTED_AREA_MM2, area_at_labelled_slices,  # noqa: E402
+                                    infected_area_per_slice, read_slice_labels, slice_level_agreement)
+from LightSegLib.io import read_image  # noqa: E402
+from LightSegLib.metrics import roc_auc  # noqa: E402
+from LightSegLib.postprocess import PostProcessing  # noqa: E402
+from LightSegLib.report import volume_measurements  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data" / "covid-ct-md"
+CASES = ("P001", "cap002", "normal001")
+NORMAL_CASE = "normal001"
+VOLUME_CASE = "P001"  # the COVID-19 case whose infection volume the gate keeps within GATE_MAX_VOLUME_CHANGE
+GATE_MAX_NET_INFECTED_LOST = 3
+GATE_MAX_NET_CLEAR_GAINED = 3
+GATE_MAX_VOLUME_CHANGE = 0.25
+GATE_MAX_NORMAL_ML_GAINED = 1.0
+TARGETS = {"normal001 infection mL": ("normal001", "infection_ml", "<=", 5.0),
+           "P001 specificity": ("P001", "specificity", ">=", 0.85),
+           "P001 sensitivity": ("P001", "sensitivity", ">=", 0.95),
+           "cap002 slice AUC": ("cap002", "auc", ">=", 0.90)}
+
+
+@dataclass
+class Case:
+    """A CT of the benchmark: its folder and, where the dataset has them, its slice labels."""
+
+    name: str
+    folder: Path
+    locations: np.ndarray | None = None  # labelled slice positions (mm), label order
+    visible: np.ndarray | None = None  # infection visible on the labelled slice
+
+    @property
+    def labelled(self) -> bool:
+        return self.visible is not None
+
+
+def load_cases(names: list[str], data: Path) -> list[Case]:
+    """The benchmark's cases; a missing folder or label file is a one-line error."""
+    cases = []
+    for name in names:
+        folder = data / name
+        if not folder.is_dir():
+            raise LightSegError("no such case folder", folder)
+        labels = data / f"{name}_slice_labels.csv"
+        case = Case(name, folder)
+        if labels.is_file():
+            case.locations, case.visible = read_slice_labels(labels)
+        cases.append(case)
+    return cases
+
+
+def model_at_revision(spec: str, into: Path) -> str:
+    """The card path of ``REVISION:ID``, a bundled model as committed at a git revision, written under ``into``."""
+    revision, model_id = spec.split(":", 1)
+    folder = into / revision
+    folder.mkdir(parents=True, exist_ok=True)
+    card_bytes = git_show(revision, f"Resources/Models/{model_id}.json")
+    (folder / f"{model_id}.json").write_bytes(card_bytes)
+    card = json.loads(card_bytes)
+    (folder / card["weights_file"]).write_bytes(git_show(revision, f"Resources/Models/{card['weights_file']}"))
+    return str(folder / f"{model_id}.json")
+
+
+def git_show(revision: str, path: str) -> bytes:
+    """A file's bytes as committed at ``revision`` in this repository."""
+    shown = subprocess.run(["git", "-C", str(REPO), "show", f"{revision}:{path}"], capture_output=True)
+    if shown.returncode != 0:
+        problem = shown.stderr.decode().strip().splitlines()[-1:] or ["not in git history"]
+        raise LightSegError(problem[0], f"{revision}:{path}")
+    return shown.stdout
+
+
+def score_case(segmenter: Segmenter, case: Case) -> tuple[np.ndarray | None, dict]:
+    """Read and segment one case; the predicted area per labelled slice (None if unlabelled) and its table cell."""
+    tic = time.perf_counter()
+    image = read_image(case.folder).image
+    result = segmenter.segment_volume(image)
+    seconds = time.perf_counter() - tic
+    area, positions = infected_area_per_slice(result, image)
+    cell = {"infection_ml": volume_measurements(result)["infection_ml"], "seconds": round(seconds, 2),
+            "removed": result.postprocessing["removed"]}
+    if not case.labelled:
+        cell["slices_called"] = int((area >= MIN_INFECTED_AREA_MM2).sum())
+        return None, cell
+    agreement = slice_level_agreement(area, positions, case.locations, case.visible)
+    cell.update(auc=agreement["auc_infected_area"], sensitivity=agreement["sensitivity"],
+                specificity=agreement["specificity"])
+    return area_at_labelled_slices(area, positions, case.locations), cell
+
+
+def block_bootstrap_auc(scores: list[np.ndarray], visible: np.ndarray, locations: np.ndarray, block: int,
+                        draws: int, seed: int) -> np.ndarray:
+    """AUC of each model on ``draws`` resamplings of consecutive-slice blocks, shape (draws, models)."""
+    order = np.argsort(locations)
+    blocks = [order[i:i + block] for i in range(0, len(order), block)]
+    rng = np.random.default_rng(seed)
+    out = np.full((draws, len(scores)), np.nan)
+    for d in range(draws):
+        picked = np.concatenate([blocks[i] for i in rng.integers(len(blocks), size=len(blocks))])
+        out[d] = [roc_auc(s[picked], visible[picked]) for s in scores]
+    return out
+
+
+def changed_calls(locations: np.ndarray, visible: np.ndarray, reference: np.ndarray, area: np.ndarray) -> list[dict]:
+    """The labelled slices, in position order, that one model calls infected and the reference does not, or back."""
+    changed = (area >= MIN_INFECTED_AREA_MM2) != (reference >= MIN_INFECTED_AREA_MM2)
+    return [{"position_mm": float(locations[i]), "label": "infected" if visible[i] else "clear",
+             "reference_mm2": float(reference[i]), "model_mm2": float(area[i])}
+            for i in np.argsort(locations) if changed[i]]
+
+
+def call_change_counts(changes: list[dict]) -> dict:
+    """How many infected and clear slices gained or lost their call, from ``changed_calls``."""
+    def count(label: str, now_called: bool) -> int:
+        return sum(c["label"] == label and (c["model_mm2"] >= MIN_INFECTED_AREA_MM2) == now_called for c in changes)
+    return {"infected_slices_gained": count("infected", True), "infected_slices_lost": count("infected", False),
+            "clear_slices_newly_called": count("clear", True), "clear_slices_no_longer_called": count("clear", False)}
+
+
+def labelled_case_failures(case: str, candidate: dict) -> list[str]:
+    """Why a labelled case's comparison (AUC change interval and call counts) fails the release gate."""
+    failures = []
+    if candidate["auc_change_interval"][1] < 0:
+        low, high = candidate["auc_change_interval"]
+        failures.append(f"{case}: AUC change interval {low:+.3f} to {high:+.3f} is wholly below 0")
+    net_infected_lost = candidate["infected_slices_lost"] - candidate["infected_slices_gained"]
+    if net_infected_lost > GATE_MAX_NET_INFECTED_LOST:
+        failures.append(f"{case}: net {net_infected_lost} infected slices lose their call "
+                        f"(at most {GATE_MAX_NET_INFECTED_LOST})")
+    net_clear_gained = candidate["clear_slices_newly_called"] - candidate["clear_slices_no_longer_called"]
+    if net_clear_gained > GATE_MAX_NET_CLEAR_GAINED:
+        failures.append(f"{case}: net {net_clear_gained} clear slices gain a call "
+                        f"(at most {GATE_MAX_NET_CLEAR_GAINED})")
+    return failures
+
+
+def volume_failures(candidate: dict, reference: dict) -> list[str]:
+    """The gate's volume criteria: the COVID-19 case's infection volume, and what is found in the normal CT."""
+    failures = []
+    if VOLUME_CASE in candidate and reference[VOLUME_CASE]["infection_ml"] > 0:
+        change = candidate[VOLUME_CASE]["infection_ml"] / reference[VOLUME_CASE]["infection_ml"] - 1
+        if abs(change) > GATE_MAX_VOLUME_CHANGE:
+            failures.append(f"{VOLUME_CASE}: infection volume changes by {change:+.1%} "
+                            f"(at most {GATE_MAX_VOLUME_CHANGE:.0%})")
+    if NORMAL_CASE in candidate:
+        gained = candidate[NORMAL_CASE]["infection_ml"] - reference[NORMAL_CASE]["infection_ml"]
+        if gained > GATE_MAX_NORMAL_ML_GAINED:
+            failures.append(f"{NORMAL_CASE}: {gained:+.1f} mL of infection in the normal CT "
+                            f"(at most {GATE_MAX_NORMAL_ML_GAINED:+.0f})")
+    return failures
+
+
+def target_verdicts(row: dict) -> dict[str, bool]:
+    """The shipped default's targets that this model's row can be checked against, each met or not."""
+    verdicts = {}
+    for name, (case, key, relation, limit) in TARGETS.items():
+        if case in row:
+            value = row[case][key]
+            verdicts[name] = value <= limit if relation == "<=" else value >= limit
+    return verdicts
+
+
+def main() -> None:
+    """Bad input is one line on stderr and exit status 2; a failed gate is exit status 1."""
+    try:
+        benchmark(parse_args())
+    except LightSegError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", required=True,
+                        help="model ids, card paths or REVISION:ID; the first is the reference")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), help="case folders under --data")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--test-time-flips", help="replaces every card's: horizontal,vertical or none")
+    parser.add_argument("--postprocessing", help="replaces every card's, as JSON ('{}' for none)")
+    parser.add_argument("--block", type=int, default=10, help="consecutive slices per bootstrap block")
+    parser.add_argument("--draws", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--gate", action="store_true", help="exit 1 unless every model passes the release gate")
+    args = parser.parse_args()
+    if args.gate and len(args.models) < 2:
+        parser.error("--gate needs a reference and at least one model to compare with it")
+    return args
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """Segmenter keyword arguments from --test-time-flips and --postprocessing; a bad value is a one-line error."""
+    kwargs = {}
+    if args.test_time_flips is not None:
+        kwargs["test_time_flips"] = parse_flips_option(args.test_time_flips)
+    if args.postprocessing is not None:
+        try:
+            kwargs["postprocessing"] = PostProcessing.from_card(json.loads(args.postprocessing))
+        except (ValueError, TypeError) as exc:
+            raise LightSegError(f"not valid postprocessing settings ({exc})", args.postprocessing) from None
+    return kwargs
+
+
+def benchmark(args: argparse.Namespace) -> None:
+    """Score every model on every case, print the tables and the gate; exit 1 if --gate is given and a model fails."""
+    cases = load_cases(args.cases, args.data)
+    kwargs = overrides(args)
+    rows: list[dict] = []
+    scores: dict[str, list[np.ndarray]] = {c.name: [] for c in cases if c.labelled}
+    with tempfile.TemporaryDirectory() as revisions:
+        paths = [model_at_revision(m, Path(revisions)) if ":" in m and not Path(m).exists() else m for m in args.models]
+        for model, path in zip(args.models, paths):
+            segmenter = Segmenter(registry.resolve(path), "cpu", **kwargs)
+            row: dict = {"model": model, "test_time_flips": list(segmenter.spec.flips),
+                         "postprocessing": segmenter.postprocessing.to_card()}
+            for case in cases:
+                area, row[case.name] = score_case(segmenter, case)
+                if area is not None:
+                    scores[case.name].append(area)
+            rows.append(row)
+    add_intervals(rows, cases, scores, args)
+    print_table(rows, cases, args)
+    if len(rows) > 1:
+        compare_with_reference(rows, cases, scores)
+    if args.json:
+        args.json.write_text(json.dumps({"block": args.block, "draws": args.draws, "models": rows}, indent=2) + "\n")
+    if args.gate and any(row["gate_failures"] for row in rows[1:]):
+        sys.exit(1)
+
+
+def add_intervals(rows: list[dict], cases: list[Case], scores: dict, args: argparse.Namespace) -> None:
+    """Each labelled cell's AUC interval, and each later model's AUC change interval against the first."""
+    for case in cases:
+        if not case.labelled:
+            continue
+        boot = block_bootstrap_auc(scores[case.name], case.visible, case.locations, args.block, args.draws, args.seed)
+        for index, (row, column) in enumerate(zip(rows, boot.T)):
+            cell = row[case.name]
+            cell["auc_interval"] = [float(v) for v in np.nanpercentile(column, [2.5, 97.5])]
+            if index:
+                cell["auc_change"] = cell["auc"] - rows[0][case.name]["auc"]
+                cell["auc_change_interval"] = [float(v) for v in np.nanpercentile(column - boot[:, 0], [2.5, 97.5])]
+
+
+def print_table(rows: list[dict], cases: list[Case], args: argparse.Namespace) -> None:
+    labelled = [c for c in cases if c.labelled]
+    print(", ".join(f"{c.name}: {len(c.visible)} labelled slices, {int(c.visible.sum())} infected" for c in labelled)
+          + f"; {args.draws} draws of {args.block}-slice blocks")
+    for row in rows:
+        print(f"\n{row['model']}  (flips: {','.join(row['test_time_flips']) or 'none'}; "
+              f"post-processing: {json.dumps(row['postprocessing'])})")
+        print(f"  {'case':<10} {'AUC':>6} {'95% interval':>14} {'sens':>6} {'spec':>6} {'slices called':>14} "
+              f"{'infection mL':>13} {'seconds':>8}")
+        for case in cases:
+            cell = row[case.name]
+            if case.labelled:
+                low, high = cell["auc_interval"]
+                head = f"{cell['auc']:>6.3f} {f'{low:.3f}-{high:.3f}':>14} {cell['sensitivity']:>6.3f} " \
+                       f"{cell['specificity']:>6.3f} {'':>14}"
+            else:
+                head = f"{'':>6} {'':>14} {'':>6} {'':>6} {cell['slices_called']:>14}"
+            print(f"  {case.name:<10} {head} {cell['infection_ml']:>13.1f} {cell['seconds']:>8.2f}")
+        row["targets"] = target_verdicts(row)
+        if row["targets"]:
+            verdicts = (f"{name} {'met' if ok else 'NOT met'}" for name, ok in row["targets"].items())
+            print("  targets: " + "; ".join(verdicts))
+
+
+def compare_with_reference(rows: list[dict], cases: list[Case], scores: dict) -> None:
+    """Print each later model's changes against the first and the release gate's verdict."""
+    reference = rows[0]
+    for index, row in enumerate(rows[1:], start=1):
+        print(f"\n{row['model']} against {reference['model']}:")
+        failures = []
+        for case in cases:
+            if not case.labelled:
+                continue
+            cell = row[case.name]
+            changes = changed_calls(case.locations, case.visible, scores[case.name][0], scores[case.name][index])
+            counts = call_change_counts(changes)
+            cell.update(**counts, changed_calls=changes)
+            low, high = cell["auc_change_interval"]
+            print(f"  {case.name}: AUC {cell['auc_change']:+.3f} ({low:+.3f} to {high:+.3f}); infected slices "
+                  f"+{counts['infected_slices_gained']} / -{counts['infected_slices_lost']}, clear slices "
+                  f"+{counts['clear_slices_newly_called']} / -{counts['clear_slices_no_longer_called']}")
+            for change in changes:
+                print(f"    {change['position_mm']:>8.1f} mm {change['label']:>9}: {change['reference_mm2']:>7.1f} -> "
+                      f"{change['model_mm2']:>7.1f} mm^2")
+            failures += labelled_case_failures(case.name, cell)
+        row["gate_failures"] = failures + volume_failures(row, reference)
+        verdict = "FAIL: " + "; ".join(row["gate_failures"]) if row["gate_failures"] else "pass"
+        print(f"  release gate: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
