@@ -58,10 +58,11 @@ def test_targets_are_checked_only_on_the_cases_run():
 
 def test_gate_passes_the_committed_default_and_fails_a_miscalibrated_copy(tmp_path):
     """The default against itself as committed at HEAD (read from git) passes with no change at all; the same weights
-    behind a window 200 HU too low call many clear slices and normal lung infected and fail, so the exit status is 1.
+    behind a window 400 HU too low call many clear slices and normal lung infected and fail, so the exit status is 1
+    (measured: P001 net 13 clear slices gain a call, normal001 +7.4 mL).
     Two of the three cases keep the test short; the benchmark's table is the same code for all three."""
     card = json.loads((REPO / "Resources" / "Models" / "miniseg-covid.json").read_text())
-    card["hu_window"]["level"] -= 200
+    card["hu_window"]["level"] -= 400
     (tmp_path / "miniseg-covid.json").write_text(json.dumps(card))
     shutil.copy(REPO / "Resources" / "Models" / card["weights_file"], tmp_path)
 
