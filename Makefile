@@ -12,6 +12,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	# Slicer's terminology files for the slicer-core tests, as trame-slicer packages them (files only: no dependencies)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps trame-slicer==1.7.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,17 +1,14 @@
 """LightSeg: COVID-19 lung infection segmentation on chest CT (3D Slicer scripted module).
 
-Thin adapters only: every computation is a call into LightSegLib (installed beside this file). The Widget binds the
-.ui to a parameter node; the Logic converts between MRML nodes and LightSegLib's SimpleITK/numpy objects.
+The parts that need the Slicer application: the Module, a thin Widget (the .ui bound to a parameter node), the
+console process of the retrain panel and the self-test wrapper. Everything between MRML nodes and LightSegLib is in
+``LightSegLogic.py`` (no Qt), and the self-test cases are in ``LightSegSelfTests.py``; both also run on Slicer's core
+libraries in ``make test``.
 """
 
 import json
-import logging
 import os
-import shutil
-import sys
-import tempfile
 
-import numpy as np
 import qt
 import slicer
 import vtk
@@ -21,9 +18,8 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
-if MODULE_DIR not in sys.path:
-    sys.path.insert(0, MODULE_DIR)  # LightSegLib and Resources are installed beside this file
+from LightSegAppTools import FinetuneProcess, ensureDependencies
+from LightSegLogic import MODULE_DIR, LightSegCoreLogic
 
 
 class LightSeg(ScriptedLoadableModule):
@@ -173,7 +169,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._cancelRequested = True
             self.ui.statusLabel.text = "Cancelling after the current batch..."
             return
-        if not self.logic.ensureDependencies():
+        if not ensureDependencies():
             return
         self._running, self._cancelRequested = True, False
         self.updateButtons()
@@ -258,354 +254,35 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.finetuneResultLabel.text = event.get("message", "Fine-tuning failed.")
 
 
-class FinetuneProcess:
-    """``lightseg finetune --progress-json`` in Slicer's Python, outside the GUI process; Stop = stop file, then kill.
-
-    A reader thread queues the process's output lines; a timer in the GUI thread hands them to ``onEvent``, so the
-    GUI never waits on the pipe.
-    """
-
-    def __init__(self, args, workDir, onEvent):
-        import queue
-        import threading
-
-        self.workDir = workDir
-        self.stopFile = os.path.join(workDir, "STOP")
-        self.onEvent = onEvent
-        self.lines = queue.Queue()
-        self.lastText = ""
-        self.killDeadline = None
-        self.process = slicer.util.launchConsoleProcess(args + ["--stop-file", self.stopFile], cwd=MODULE_DIR)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-        self.timer = qt.QTimer()
-        self.timer.setInterval(300)
-        self.timer.connect("timeout()", self.poll)
-        self.timer.start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.put(line)
-
-    def poll(self):
-        while not self.lines.empty():
-            text = self.lines.get().strip()
-            if not text:
-                continue
-            try:
-                self.onEvent(json.loads(text))
-            except ValueError:
-                self.lastText = text
-                logging.info(text)
-        if self.killDeadline is not None and qt.QDateTime.currentMSecsSinceEpoch() > self.killDeadline:
-            self.process.kill()
-        if self.process.poll() is not None and not self.reader.is_alive() and self.lines.empty():
-            self.timer.stop()
-            if self.process.returncode != 0:
-                self.onEvent({"event": "failed",
-                              "message": self.lastText or f"fine-tuning exited with code {self.process.returncode}"})
-            shutil.rmtree(self.workDir, ignore_errors=True)  # the site data written for the run
-
-    @property
-    def finished(self):
-        return not self.timer.isActive()
-
-    def stop(self):
-        open(self.stopFile, "w").close()
-        self.killDeadline = qt.QDateTime.currentMSecsSinceEpoch() + 60_000
-
-
-class LightSegLogic(ScriptedLoadableModuleLogic):
-    """MRML <-> LightSegLib. No segmentation logic lives here: it is all in LightSegLib."""
+class LightSegLogic(ScriptedLoadableModuleLogic, LightSegCoreLogic):
+    """The Qt-free ``LightSegCoreLogic`` with the module's parameter node, and what needs the application
+    (``LightSegAppTools``): installing dependencies, running the fine-tune in a console process."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
-        self._segmenters = {}
+        LightSegCoreLogic.__init__(self)
 
     def getParameterNode(self):
         return LightSegParameterNode(super().getParameterNode())
 
-    # LightSegLib's pure-Python needs beyond what Slicer ships; SimpleITK, numpy and VTK are Slicer's own and are never
-    # installed or upgraded by LightSeg
-    EXTRA_PACKAGES = {"scipy": "scipy", "slicerio": "slicerio", "tqdm": "tqdm", "PIL": "pillow"}
-
-    def ensureDependencies(self):
-        """Ask before installing anything: torch through the PyTorch extension, then the small extras with pip."""
-        import importlib.util
-
-        if not self.ensureTorch():
-            return False
-        missing = [pkg for module, pkg in self.EXTRA_PACKAGES.items() if importlib.util.find_spec(module) is None]
-        if missing:
-            if not slicer.util.confirmOkCancelDisplay(
-                    f"LightSeg needs these Python packages: {', '.join(missing)}. Install them now with pip? "
-                    "(Slicer's own SimpleITK, numpy and VTK are not touched.)"):
-                return False
-            slicer.util.pip_install(" ".join(missing))
-        return True
-
-    @staticmethod
-    def ensureTorch():
-        """torch through the PyTorch extension, after asking; never pip over Slicer's own packages."""
-        try:
-            import PyTorchUtils
-        except ImportError:
-            slicer.util.errorDisplay("LightSeg needs the PyTorch extension: install it from the Extensions Manager.")
-            return False
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            if not slicer.util.confirmOkCancelDisplay(
-                    "LightSeg needs PyTorch (the 'torch' package, about 200 MB for the CPU build). Install it now "
-                    "through the PyTorch extension? Slicer may need a restart afterwards."):
-                return False
-            if torchLogic.installTorch(askConfirmation=False) is None:
-                slicer.util.errorDisplay("PyTorch could not be installed; see the Python console.")
-                return False
-        return True
-
-    def models(self):
-        from LightSegLib import registry
-
-        return [{"id": e.card.id, "tooltip": self._cardTooltip(e.card, e.bundled)} for e in registry.list_models()]
-
-    @staticmethod
-    def _cardTooltip(card, bundled):
-        from LightSegLib.cards import validation_summary
-
-        lines = [f"{card.id} {card.version} ({'bundled' if bundled else 'your model'})",
-                 f"{card.architecture}, {card.parameters:,} parameters", card.description,
-                 f"validation: {validation_summary(card)}",
-                 f"test-time flips: {', '.join(card.test_time_flips) or 'none'}",
-                 f"licence: {card.licence}"]
-        if card.parent:
-            lines.append(f"fine-tuned from {card.parent['id']}")
-        return "\n".join(line for line in lines if line)
-
-    @staticmethod
-    def diagnosticsText():
-        try:
-            from LightSegLib.devices import diagnostics
-        except ImportError:
-            return "PyTorch is not installed yet."
-        info = diagnostics()
-        gpu = (f"{info['device_name']}, {info['memory_gb']} GB" if info["cuda_available"]
-               else "no CUDA device (CPU will be used)")
-        return f"torch {info['torch']} (CUDA build {info['cuda_build']}): {gpu}"
-
-    def _segmenter(self, modelId, device):
-        from LightSegLib import registry
-        from LightSegLib.engine import Segmenter
-
-        key = (modelId, device)
-        if key not in self._segmenters:
-            self._segmenters[key] = Segmenter(registry.resolve(modelId), device)
-        return self._segmenters[key]
-
-    def segment(self, volumeNode, segmentationNode, modelId, device="auto", progress=None, cancel=None):
-        """Segment ``volumeNode`` into ``segmentationNode`` ("Lungs", "Infection"); returns the report, or None
-        if cancelled."""
-        import SimpleITK as sitk
-
-        from LightSegLib.engine import Cancelled
-        from LightSegLib.report import build_report
-        from LightSegLib.scene import image_from_ras_array, segment_specs
-
-        ijkToRas = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijkToRas)
-        image = image_from_ras_array(slicer.util.arrayFromVolume(volumeNode),
-                                     slicer.util.arrayFromVTKMatrix(ijkToRas))
-        segmenter = self._segmenter(modelId, device)
-        try:
-            result = segmenter.segment_volume(image, progress, cancel)
-        except Cancelled:
-            return None
-        labels = sitk.GetArrayViewFromImage(result.labels)
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        segmentation = segmentationNode.GetSegmentation()
-        for spec in segment_specs():
-            segmentId = segmentation.GetSegmentIdBySegmentName(spec["name"])
-            if not segmentId:
-                segmentId = segmentation.AddEmptySegment(spec["id"], spec["name"], spec["color"])
-            segment = segmentation.GetSegment(segmentId)
-            segment.SetTag(segment.GetTerminologyEntryTagName(), spec["terminology"])
-            mask = np.isin(labels, spec["labels"]).astype(np.uint8)
-            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, volumeNode)
-        self._placeUnderStudy(volumeNode, segmentationNode)
-        return build_report(result, segmenter.card, str(segmenter.device), volumeNode.GetName())
-
-    @staticmethod
-    def _placeUnderStudy(volumeNode, segmentationNode):
-        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
-        studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode))
-        if studyItem:
-            shNode.SetItemParent(shNode.GetItemByDataNode(segmentationNode), studyItem)
-
-    @staticmethod
-    def reportRows(report):
-        from LightSegLib.scene import results_rows
-
-        return results_rows(report)
-
-    @staticmethod
-    def rowsAsText(rows):
-        from LightSegLib.scene import rows_as_tsv
-
-        return rows_as_tsv(rows)
-
-    def showResults(self, report, segmentationNode, showSurface=False):
-        """Fill (or create) the results table node; show the 3D surface when asked."""
-        tableNode = slicer.mrmlScene.GetFirstNodeByName("LightSeg results")
-        if not tableNode:
-            tableNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "LightSeg results")
-        table = tableNode.GetTable()
-        table.Initialize()
-        rows = self.reportRows(report)
-        for index, title in enumerate(("Measure", "Value", "Unit")):
-            column = vtk.vtkStringArray()
-            column.SetName(title)
-            for row in rows:
-                column.InsertNextValue(row[index])
-            table.AddColumn(column)
-        tableNode.Modified()
-        if showSurface:
-            segmentationNode.CreateClosedSurfaceRepresentation()
-        return tableNode
-
     def startFinetune(self, scenePairs, pairsFolder, baseModel, newName, minutes, onEvent, adaptAllLayers=False):
-        """Write the scene's training pairs to a temporary folder and run ``lightseg finetune`` on them
-        (``--adapt all`` when ``adaptAllLayers``, else the default: the input stages only)."""
-        workDir = tempfile.mkdtemp(prefix="lightseg-finetune-")
-        lines = ["volume,label"]
-        for index, (volumeNode, segmentationNode, segmentId) in enumerate(scenePairs):
-            volumePath = os.path.join(workDir, f"case{index}.nrrd")
-            labelPath = os.path.join(workDir, f"case{index}.seg.nrrd")
-            slicer.util.saveNode(volumeNode, volumePath)
-            exported = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-            try:
-                exported.GetSegmentation().CopySegmentFromSegmentation(segmentationNode.GetSegmentation(), segmentId)
-                exported.GetSegmentation().GetSegment(segmentId).SetName("Infection")
-                slicer.util.saveNode(exported, labelPath)
-            finally:
-                slicer.mrmlScene.RemoveNode(exported)
-            lines.append(f"{os.path.basename(volumePath)},{os.path.basename(labelPath)}")
-        if pairsFolder and os.path.isdir(pairsFolder):
-            volumes, labels = os.path.join(pairsFolder, "volumes"), os.path.join(pairsFolder, "labels")
-            from LightSegLib.io import pair_by_name
-
-            for volumePath, labelPath in pair_by_name(volumes, labels):
-                lines.append(f"{volumePath},{labelPath}")
-        if len(lines) == 1:
-            raise ValueError("Add at least one training case (volume + segmentation), or choose a folder of pairs "
-                             "with 'volumes' and 'labels' subfolders.")
-        pairsCsv = os.path.join(workDir, "pairs.csv")
-        with open(pairsCsv, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        args = [shutil.which("PythonSlicer") or sys.executable, "-m", "LightSegLib", "finetune", "--base", baseModel,
-                "--name", newName, "--pairs", pairsCsv, "--minutes", str(minutes), "--progress-json", "--force",
-                "--adapt", "all" if adaptAllLayers else "input"]
+        """Export the cases and run ``lightseg finetune`` in a console process (the panel's Stop writes its stop
+        file); the exported cases are deleted when it ends."""
+        args, workDir = self.prepareFinetune(scenePairs, pairsFolder, baseModel, newName, minutes, adaptAllLayers)
         return FinetuneProcess(args, workDir, onEvent)
 
 
 class LightSegTest(ScriptedLoadableModuleTest):
-    """Runs in Slicer, offline, on the bundled sample."""
+    """Runs the self-test cases of LightSegSelfTests.py in Slicer, offline, on the bundled sample."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_SegmentSample()
-        self.setUp()
-        self.test_FlippedVolumeAgrees()
-        self.setUp()
-        self.test_FinetuneOneEpoch()
+        import LightSegSelfTests
 
-    def _loadSample(self):
-        from LightSegLib.sample import sample_path
-
-        return slicer.util.loadVolume(str(sample_path()))
-
-    def test_SegmentSample(self):
-
-        from LightSegLib import registry
-        from LightSegLib.engine import Segmenter
-        from LightSegLib.io import read_image
-        from LightSegLib.report import volume_measurements
-        from LightSegLib.sample import sample_path
-
-        self.delayDisplay("Segmenting the bundled sample")
-        volumeNode = self._loadSample()
-        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        logic = LightSegLogic()
-        report = logic.segment(volumeNode, segmentationNode, "miniseg-covid", "cpu")
-        # geometry: the segmentation's labelmap lies on the volume's grid
-        infectionId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName("Infection")
-        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, infectionId, volumeNode)
-        self.assertEqual(mask.shape, slicer.util.arrayFromVolume(volumeNode).shape)
-        for name in ("Infection", "Lungs"):
-            segmentId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(name)
-            segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-            tag = vtk.mutable("")
-            self.assertTrue(segment.GetTag(segment.GetTerminologyEntryTagName(), tag))
-            self.assertIn("SCT^", str(tag))
-        # the same numbers as the library on the same file
-        expected = volume_measurements(Segmenter(registry.resolve("miniseg-covid"), "cpu")
-                                       .segment_volume(read_image(sample_path()).image))
-        self.assertAlmostEqual(report["infection_ml"], expected["infection_ml"], delta=0.5)
-        voxelMl = np.prod(volumeNode.GetSpacing()) / 1000
-        self.assertAlmostEqual(mask.sum() * voxelMl, expected["infection_ml"], delta=0.5)
-        tableNode = logic.showResults(report, segmentationNode)
-        self.assertEqual(tableNode.GetNumberOfRows(), len(logic.reportRows(report)))
-        self.delayDisplay("Sample segmented")
-
-    def test_FlippedVolumeAgrees(self):
-        self.delayDisplay("Segmenting a flipped, permuted copy")
-        volumeNode = self._loadSample()
-        logic = LightSegLogic()
-        reference = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        logic.segment(volumeNode, reference, "miniseg-covid", "cpu")
-        # the same voxels stored in another order: j and k swapped, then the new j reversed; the IJK-to-RAS
-        # matrix changes with them so that every voxel keeps its physical position
-        array = slicer.util.arrayFromVolume(volumeNode)
-        ijkToRas = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(ijkToRas)
-        m = slicer.util.arrayFromVTKMatrix(ijkToRas)
-        stored = m.copy()
-        stored[:, 1] = -m[:, 2]  # new j runs along the old k, reversed
-        stored[:, 2] = m[:, 1]  # new k is the old j
-        stored[:, 3] = m[:, 3] + m[:, 2] * (array.shape[0] - 1)
-        flipped = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, volumeNode, "flipped")
-        slicer.util.updateVolumeFromArray(flipped, np.ascontiguousarray(np.transpose(array, (1, 0, 2))[:, ::-1]))
-        flipped.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(stored))
-        other = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        logic.segment(flipped, other, "miniseg-covid", "cpu")
-        a = slicer.util.arrayFromSegmentBinaryLabelmap(reference, "Infection", volumeNode)
-        b = slicer.util.arrayFromSegmentBinaryLabelmap(other, "Infection", volumeNode)
-        self.assertTrue(np.array_equal(a > 0, b > 0))
-        self.delayDisplay("Flipped copy agrees")
-
-    def test_FinetuneOneEpoch(self):
-        from LightSegLib import registry
-
-        self.delayDisplay("Fine-tuning one epoch on the sample with a synthetic label")
-        volumeNode = self._loadSample()
-        array = slicer.util.arrayFromVolume(volumeNode)
-        label = np.zeros(array.shape, np.uint8)
-        label[20:50, array.shape[1] // 4: array.shape[1] // 2] = (
-            (array[20:50, array.shape[1] // 4: array.shape[1] // 2] > -750)
-            & (array[20:50, array.shape[1] // 4: array.shape[1] // 2] < -300))
-        segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        segmentId = segmentationNode.GetSegmentation().AddEmptySegment("Infection", "Infection")
-        slicer.util.updateSegmentBinaryLabelmapFromArray(label, segmentationNode, segmentId, volumeNode)
-        name = "selftest-finetune"
-        events = []
-        process = LightSegLogic().startFinetune([(volumeNode, segmentationNode, segmentId)], "", "miniseg-covid",
-                                                name, 0.2, events.append)
-        while not process.finished:
-            slicer.app.processEvents()
-            process.poll()
-        self.assertTrue(any(e.get("event") == "done" for e in events), events)
-        self.assertIn(name, [e.card.id for e in registry.list_models()])
-        registry.remove_user_model(name)
-        self.delayDisplay("Fine-tuned model appeared")
+        for case in LightSegSelfTests.SELF_TESTS:
+            self.setUp()
+            self.delayDisplay(case.__doc__.splitlines()[0])
+            case()
+        self.delayDisplay("LightSeg self-tests passed")

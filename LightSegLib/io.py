@@ -27,18 +27,23 @@ LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".png")
 ARRAY_SUFFIXES = (".npy",)
 
 INFECTION, LUNG = 1, 2  # label values: 0 background, 1 infection, 2 lung without infection
-ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+# Both segments are coded from Slicer's "DICOM master list" terminology, which lists them (its General Anatomy list has
+# no altered-structure type for infection): lung, and inflammation (the morphological change of infection) in the lung.
+# The Slicer module, .seg.nrrd files and DICOM outputs use these same codes.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+LUNG_CODE = ["SCT", "39607008", "Lung"]
 SEGMENTS = (
     {"id": "Lungs", "name": "Lungs", "color": [0.77, 0.48, 0.42],
-     "terminology": {"contextName": ANATOMY_CONTEXT,
+     "terminology": {"contextName": TERMINOLOGY_CONTEXT,
                      "category": ["SCT", "123037004", "Anatomical Structure"],
-                     "type": ["SCT", "39607008", "Lung"]}},
+                     "type": LUNG_CODE}},
     {"id": "Infection", "name": "Infection", "color": [0.95, 0.85, 0.15],
-     "terminology": {"contextName": ANATOMY_CONTEXT,
+     "terminology": {"contextName": TERMINOLOGY_CONTEXT,
                      "category": ["SCT", "49755003", "Morphologically Altered Structure"],
-                     "type": ["SCT", "52988006", "Lesion"],
-                     "anatomicContextName": "Anatomic codes - DICOM master list",
-                     "anatomicRegion": ["SCT", "39607008", "Lung"]}},
+                     "type": ["SCT", "23583003", "Inflammation"],
+                     "anatomicContextName": ANATOMIC_CONTEXT,
+                     "anatomicRegion": LUNG_CODE}},
 )
 
 

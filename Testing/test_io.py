@@ -56,7 +56,7 @@ def test_seg_nrrd_has_named_coloured_segments_with_terminology(sample, tmp_path)
     segmentation = slicerio.read_segmentation(str(path))
     assert slicerio.segment_names(segmentation) == ["Lungs", "Infection"]
     infection = slicerio.segment_from_name(segmentation, "Infection")
-    assert infection["terminology"]["type"][1] == "52988006"
+    assert infection["terminology"]["type"][1] == "23583003"  # Inflammation, in Slicer's DICOM master list
     assert len(infection["color"]) == 3
     k, j, i = np.nonzero(sitk.GetArrayViewFromImage(labels) == io.INFECTION)
     assert infection["extent"] == [i.min(), i.max(), j.min(), j.max(), k.min(), k.max()]  # Slicer's (i, j, k) bounds

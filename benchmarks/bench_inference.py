@@ -6,8 +6,8 @@ Reference: the plain eager fp32 forward at batch 1 on 512 x 512 input (the offic
 with the AHSP blocks computed in the paper's order as the official code does (``PaperOrderAHSP``).
 Engine: what LightSeg runs (BatchNorm folded, MiniSeg's linear steps merged, channels_last, batched; fp16 autocast on CUDA).
 End to end: `lightseg segment` in a subprocess (read, lung mask, inference, write) on the full-resolution P001 DICOM
-series (the default model as its card runs it, and with the test-time flips that 1.6.0 ran) and on a 512 x 512 x 600
-volume made from it; wall time and peak RSS of that process.
+series (the default model as its card runs it, and with the test-time flips that 1.6.0 ran) and on a
+512 x 512 x 600 volume made from it; wall time and peak RSS of that process.
 """
 
 from __future__ import annotations
