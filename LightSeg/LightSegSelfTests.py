@@ -16,7 +16,7 @@ import slicer
 import slicer.util
 import vtk
 
-from LightSegLogic import MODULE_DIR, LightSegCoreLogic, setItemParent
+from LightSegLogic import LightSegCoreLogic, setItemParent
 
 MODEL = "miniseg-covid"
 
@@ -206,6 +206,13 @@ def test_BadVolumesAreRefusedWithNothingWritten():
     return messages
 
 
+def libraryParent():
+    """The folder that holds LightSegLib: beside this file in Slicer, the repository in a checkout."""
+    import LightSegLib
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(LightSegLib.__file__)))
+
+
 def solidBody(array):
     """A CT-like array without lungs: air around a body of soft tissue (40 HU) that holds no air."""
     body = np.full(array.shape, -1000, np.int16)
@@ -238,7 +245,7 @@ def test_FinetuneFromScene(newName="selftest-finetune"):
     try:
         assert sorted(os.listdir(workDir)) == ["case0.nrrd", "case0.seg.nrrd", "case1.nrrd", "case1.seg.nrrd",
                                                "pairs.csv"]
-        finished = subprocess.run(args + ["--stop-file", os.path.join(workDir, "STOP")], cwd=MODULE_DIR,
+        finished = subprocess.run(args + ["--stop-file", os.path.join(workDir, "STOP")], cwd=libraryParent(),
                                   capture_output=True, text=True, timeout=600)
     finally:
         shutil.rmtree(workDir, ignore_errors=True)

@@ -55,6 +55,7 @@ class LoadedImage:
     path: Path
     is_2d: bool
     note: str = ""
+    dicom_files: tuple[str, ...] = ()  # a DICOM series: its files, in the order of the image's slices
 
 
 def suffix_of(path: Path) -> str:
@@ -65,7 +66,7 @@ def suffix_of(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str]:
+def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, tuple[str, ...]]:
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if not entries:
         raise LightSegError("folder is empty", folder)
@@ -83,7 +84,7 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str]:
     note = f"DICOM series {uid} ({len(files_by_series[uid])} slices)"
     if len(series) > 1:
         note += f", the largest of {len(series)} series in the folder"
-    return image, note
+    return image, note, tuple(files_by_series[uid])
 
 
 def _first_line(exc: Exception) -> str:
@@ -98,8 +99,8 @@ def read_image(path: str | Path) -> LoadedImage:
     if not path.exists():
         raise LightSegError("no such file or folder", path)
     if path.is_dir():
-        image, note = _read_dicom_folder(path)
-        return _checked(LoadedImage(image, path, False, note))
+        image, note, files = _read_dicom_folder(path)
+        return _checked(LoadedImage(image, path, False, note, files))
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError:

@@ -19,6 +19,8 @@ from .errors import LightSegError
 from .geometry import image_from_array
 from .report import build_report
 
+DICOM_SUFFIX = ".dcm"
+
 PROBABILITY_SUFFIXES = (".npy", ".nii.gz", ".nii", ".nrrd", ".mha")
 
 
@@ -33,6 +35,7 @@ class SegmentRequest:
     force: bool = False
     batch_size: int | None = None
     test_time_flips: tuple[str, ...] | None = None  # None: the model card's
+    report_sr: Path | None = None  # a DICOM measurement report (needs a .dcm output: the Segmentation it references)
 
 
 @dataclass
@@ -44,12 +47,21 @@ class SegmentOutcome:
 
 
 def check_outputs(request: SegmentRequest) -> None:
-    io.check_output_path(request.output, io.LABEL_SUFFIXES, request.force)
+    io.check_output_path(request.output, io.LABEL_SUFFIXES + (DICOM_SUFFIX,), request.force)
     if request.probabilities is not None:
         io.check_output_path(request.probabilities, PROBABILITY_SUFFIXES, request.force)
     if request.report is not None:
         io.check_output_path(request.report, (".json",), request.force)
-    paths = [p for p in (request.output, request.probabilities, request.report) if p is not None]
+    if request.report_sr is not None:
+        io.check_output_path(request.report_sr, (DICOM_SUFFIX,), request.force)
+        if io.suffix_of(request.output) != DICOM_SUFFIX:
+            raise LightSegError("--report-sr references a DICOM Segmentation: give -o RESULT.dcm too",
+                                request.report_sr)
+    if request.report_sr is not None or io.suffix_of(request.output) == DICOM_SUFFIX:
+        if not request.input.is_dir():
+            raise LightSegError("DICOM outputs need a DICOM series folder as input (there is no source series to "
+                                "reference); use .nrrd, .nii.gz or .seg.nrrd", request.input)
+    paths = [p for p in (request.output, request.probabilities, request.report, request.report_sr) if p is not None]
     if len({p.resolve() for p in paths}) != len(paths):
         raise LightSegError("the output, probability and report paths must differ", request.output)
 
@@ -60,6 +72,26 @@ def _write_probabilities(path: Path, probabilities: np.ndarray, reference: sitk.
     else:
         prob_image = image_from_array(probabilities, reference)
         io.write_atomically(path, lambda tmp: sitk.WriteImage(prob_image, str(tmp), useCompression=True))
+
+
+def _write_dicom(request: SegmentRequest, result: Segmentation, sources: list, report: dict[str, Any],
+                 segmenter: Segmenter) -> dict[str, Any]:
+    """Build the DICOM Segmentation (and the measurement report, if asked) in memory, then write them."""
+    from .dicom_out import build_measurement_report, build_segmentation, write_dataset
+
+    segmentation = build_segmentation(result.labels, sources, segmenter.card)
+    written = {"segmentation": {"path": str(request.output), "series_instance_uid": segmentation.SeriesInstanceUID,
+                                "sop_instance_uid": segmentation.SOPInstanceUID}}
+    measurements = None
+    if request.report_sr is not None:
+        measurements = build_measurement_report(segmentation, sources, report, segmenter.card)
+        written["measurement_report"] = {"path": str(request.report_sr),
+                                         "series_instance_uid": measurements.SeriesInstanceUID,
+                                         "sop_instance_uid": measurements.SOPInstanceUID}
+    write_dataset(segmentation, request.output)
+    if measurements is not None:
+        write_dataset(measurements, request.report_sr)
+    return written
 
 
 def segment_file(request: SegmentRequest, progress: Progress | None = None, cancel: Cancel | None = None,
@@ -76,6 +108,11 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
                                        request.test_time_flips)
     tic = time.perf_counter()
     loaded = read_ahead.result() if read_ahead is not None else io.read_image(request.input)
+    sources = None
+    if io.suffix_of(request.output) == DICOM_SUFFIX:
+        from .dicom_out import read_source_series
+
+        sources = read_source_series(loaded.dicom_files, request.input)  # refused here, before any work
     read_seconds = time.perf_counter() - tic
     if loaded.is_2d and io.suffix_of(request.output) == ".seg.nrrd":
         raise LightSegError(".seg.nrrd output is for volumes; use .png for a 2D slice", request.output)
@@ -90,12 +127,15 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
         warnings.append(f"{request.input}: no lungs found; the mask is empty")
 
     tic = time.perf_counter()
-    io.write_labels(result.labels, request.output)
+    report = build_report(result, segmenter.card, str(segmenter.device), str(request.input), loaded.note,
+                          {"read": read_seconds})
+    if sources is not None:
+        report["dicom"] = _write_dicom(request, result, sources, report, segmenter)
+    else:
+        io.write_labels(result.labels, request.output)
     if probabilities is not None:
         _write_probabilities(request.probabilities, probabilities, loaded.image)
-    write_seconds = time.perf_counter() - tic
-    report = build_report(result, segmenter.card, str(segmenter.device), str(request.input), loaded.note,
-                          {"read": read_seconds, "write": write_seconds})
+    report["timings_s"]["write"] = round(time.perf_counter() - tic, 3)
     report["timings_s"]["total"] = round(time.perf_counter() - start, 3)
     report["warnings"] = warnings
     if request.report is not None:

@@ -13,11 +13,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment lung infection in a CT volume, DICOM folder or 2D slice")
     p.add_argument("input", type=Path, help="NIfTI, NRRD, MetaImage, DICOM folder, or PNG/JPG slice")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="label map: .nii.gz, .nrrd, .seg.nrrd or .mha (volumes), .png (slices)")
+                   help="label map: .nii.gz, .nrrd, .seg.nrrd or .mha (volumes), .png (slices); .dcm: a DICOM "
+                        "Segmentation of a DICOM series input")
     p.add_argument("--model", help=f"model id or card path (default {DEFAULT_MODEL})")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--probabilities", type=Path, help="also write the network's infection probability (.npy or image)")
     p.add_argument("--report", type=Path, help="also write a JSON report (volumes, percent per lung, timings)")
+    p.add_argument("--report-sr", type=Path, metavar="PATH.dcm",
+                   help="also write a DICOM measurement report (TID 1500) referencing the -o .dcm Segmentation")
     p.add_argument("--batch-size", type=int, help="slices per network batch")
     p.add_argument("--test-time-flips", metavar="FLIPS", help=FLIPS_HELP)
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -39,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             from ..report import summary_lines
 
         request = SegmentRequest(args.input, args.output, args.model, args.device, args.probabilities, args.report,
-                                 args.force, args.batch_size, flips)
+                                 args.force, args.batch_size, flips, args.report_sr)
         update, close = progress_bar("segmenting")
         try:
             outcome = segment_file(request, progress=update, read_ahead=reading)
@@ -47,5 +50,6 @@ def run(args: argparse.Namespace) -> int:
             close()
     for line in summary_lines(outcome.report):
         print(line)
-    print(f"wrote {args.output} in {outcome.report['timings_s']['total']:.1f} s on {outcome.report['device']}")
+    written = " and ".join(str(p) for p in (args.output, args.report_sr) if p is not None)
+    print(f"wrote {written} in {outcome.report['timings_s']['total']:.1f} s on {outcome.report['device']}")
     return 0
