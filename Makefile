@@ -11,7 +11,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	# Slicer's terminology files for the slicer-core tests, as trame-slicer packages them (files only: no dependencies)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps trame-slicer==1.7.2
 	touch $(STAMP)

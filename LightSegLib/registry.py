@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .cards import ModelCard
 from .defaults import DEFAULT_MODEL
 from .errors import LightSegError
 
-__all__ = ["DEFAULT_MODEL", "ModelEntry", "bundled_dir", "list_models", "remove_user_model", "resolve", "user_dir"]
+if TYPE_CHECKING:  # loading a card imports torch; finding one (card_path) does not
+    from .cards import ModelCard
+
+__all__ = ["DEFAULT_MODEL", "ModelEntry", "bundled_dir", "card_path", "list_models", "remove_user_model", "resolve",
+           "user_dir"]
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,6 +37,8 @@ class ModelEntry:
 
 
 def _cards_in(directory: Path) -> list[ModelCard]:
+    from .cards import ModelCard
+
     if not directory.is_dir():
         return []
     return [ModelCard.load(p) for p in sorted(directory.glob("*.json"))]
@@ -45,19 +52,39 @@ def list_models() -> list[ModelEntry]:
     return entries
 
 
-def resolve(name_or_path: str | None) -> ModelCard:
-    """A model card from an id (bundled, then user store) or from a path to a card .json."""
+def _card_ids_in(directory: Path) -> list[tuple[str, Path]]:
+    """(id, card path) of the cards in a directory, read as plain JSON (a broken card is skipped here; loading it
+    reports it)."""
+    found = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            found.append((json.loads(path.read_text())["id"], path))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
+
+def card_path(name_or_path: str | None) -> Path:
+    """The card file of a model id (bundled first, then the user store) or card path, without loading it."""
     name = name_or_path or DEFAULT_MODEL
     candidate = Path(name)
     if candidate.suffix == ".json" or candidate.is_file():
         if not candidate.is_file():
             raise LightSegError("model card not found", candidate)
-        return ModelCard.load(candidate)
-    for entry in list_models():
-        if entry.card.id == name:
-            return entry.card
-    known = ", ".join(e.card.id for e in list_models()) or "none installed"
+        return candidate
+    cards = _card_ids_in(bundled_dir()) + _card_ids_in(user_dir())
+    for card_id, path in cards:
+        if card_id == name:
+            return path
+    known = ", ".join(dict.fromkeys(card_id for card_id, _ in cards)) or "none installed"
     raise LightSegError(f"unknown model (known: {known})", name)
+
+
+def resolve(name_or_path: str | None) -> ModelCard:
+    """A model card from an id (bundled, then user store) or from a path to a card .json."""
+    from .cards import ModelCard
+
+    return ModelCard.load(card_path(name_or_path))
 
 
 def remove_user_model(name: str) -> list[Path]:

@@ -1,5 +1,5 @@
 """One module per ``lightseg`` command, each with ``add_parser(subparsers)`` and ``run(args) -> exit code``."""
 
-from . import calibrate, demo, evaluate, finetune, import_miniseg, models, pseudo_label, segment, train
+from . import batch, calibrate, demo, evaluate, finetune, import_miniseg, models, pseudo_label, segment, train
 
-COMMANDS = (segment, models, demo, train, calibrate, import_miniseg, evaluate, finetune, pseudo_label)
+COMMANDS = (segment, batch, models, demo, train, calibrate, import_miniseg, evaluate, finetune, pseudo_label)
