@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 SOLID_MIN_HU = -200.0  # outside the lungs and at least this dense: organ or muscle, not air or fat
 DOME_MIN_SUPPORT = 0.5
@@ -73,6 +72,8 @@ def clean_infection(infection: np.ndarray, hu: np.ndarray, lungs: np.ndarray, sp
 
     Returns, per rule that removed anything, the number of components and their volume in mL (for the report).
     """
+    from scipy import ndimage  # here, not at import: every model card load imports this module
+
     removed: dict[str, dict[str, float]] = {}
     if not settings.active or not infection.any():
         return removed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from ..errors import LightSegError
@@ -15,7 +16,6 @@ def run_ray(studies: Iterable[Study], settings: BatchSettings, address: str,
     segment the studies; returns what the actors ran on. Every node must see the input and output paths (a shared
     filesystem): a study travels as its path, and each actor reads and writes the files itself."""
     import ray
-    from dataclasses import replace
     from ray.util import ActorPool
 
     try:
