@@ -22,7 +22,6 @@ from .cards import ModelCard
 from .errors import LightSegError
 from .io import INFECTION, LUNG, SEGMENTS, write_atomically
 
-DICOM_SUFFIX = ".dcm"
 SEG_SERIES_NUMBER = 9101
 SR_SERIES_NUMBER = 9102
 CHEST_CT = Code("24627-2", "LN", "CT Chest")

@@ -25,6 +25,7 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".png")
 ARRAY_SUFFIXES = (".npy",)
+DICOM_SUFFIX = ".dcm"  # DICOM Segmentation / measurement report outputs (dicom_out.py), for DICOM series inputs
 
 INFECTION, LUNG = 1, 2  # label values: 0 background, 1 infection, 2 lung without infection
 # Both segments are coded from Slicer's "DICOM master list" terminology, which lists them (its General Anatomy list has
@@ -161,6 +162,13 @@ def _atomic_target(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix_of(path), dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files that a killed ``write_atomically`` of ``path`` left beside it."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{path.name}.*"):
+            stale.unlink(missing_ok=True)
 
 
 def write_atomically(path: Path, writer) -> None:

@@ -19,8 +19,6 @@ from .errors import LightSegError
 from .geometry import image_from_array
 from .report import build_report
 
-DICOM_SUFFIX = ".dcm"
-
 PROBABILITY_SUFFIXES = (".npy", ".nii.gz", ".nii", ".nrrd", ".mha")
 
 
@@ -47,17 +45,17 @@ class SegmentOutcome:
 
 
 def check_outputs(request: SegmentRequest) -> None:
-    io.check_output_path(request.output, io.LABEL_SUFFIXES + (DICOM_SUFFIX,), request.force)
+    io.check_output_path(request.output, io.LABEL_SUFFIXES + (io.DICOM_SUFFIX,), request.force)
     if request.probabilities is not None:
         io.check_output_path(request.probabilities, PROBABILITY_SUFFIXES, request.force)
     if request.report is not None:
         io.check_output_path(request.report, (".json",), request.force)
     if request.report_sr is not None:
-        io.check_output_path(request.report_sr, (DICOM_SUFFIX,), request.force)
-        if io.suffix_of(request.output) != DICOM_SUFFIX:
+        io.check_output_path(request.report_sr, (io.DICOM_SUFFIX,), request.force)
+        if io.suffix_of(request.output) != io.DICOM_SUFFIX:
             raise LightSegError("--report-sr references a DICOM Segmentation: give -o RESULT.dcm too",
                                 request.report_sr)
-    if request.report_sr is not None or io.suffix_of(request.output) == DICOM_SUFFIX:
+    if request.report_sr is not None or io.suffix_of(request.output) == io.DICOM_SUFFIX:
         if not request.input.is_dir():
             raise LightSegError("DICOM outputs need a DICOM series folder as input (there is no source series to "
                                 "reference); use .nrrd, .nii.gz or .seg.nrrd", request.input)
@@ -109,7 +107,7 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     tic = time.perf_counter()
     loaded = read_ahead.result() if read_ahead is not None else io.read_image(request.input)
     sources = None
-    if io.suffix_of(request.output) == DICOM_SUFFIX:
+    if io.suffix_of(request.output) == io.DICOM_SUFFIX:
         from .dicom_out import read_source_series
 
         sources = read_source_series(loaded.dicom_files, request.input)  # refused here, before any work

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LightSegError
-from ..io import write_atomically
+from ..io import remove_stale_temporaries, write_atomically
 from .studies import Study, fingerprint, output_paths
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -66,14 +66,6 @@ def _first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def remove_stale_temporaries(*outputs: Path) -> None:
-    """Temporary files that a killed run left beside these outputs (``io.write_atomically``'s ``.NAME.*``)."""
-    for output in outputs:
-        if output.parent.is_dir():
-            for stale in output.parent.glob(f".{output.name}.*"):
-                stale.unlink(missing_ok=True)
-
-
 class StudyRunner:
     """A model loaded on a device, segmenting studies one at a time into the batch's output tree."""
 
@@ -104,7 +96,8 @@ class StudyRunner:
         try:
             input_fingerprint = fingerprint(study.path)
             mask_path.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(mask_path, report_path)
+            for output in (mask_path, report_path):
+                remove_stale_temporaries(output)
             report_path.unlink(missing_ok=True)  # the report marks a finished study: gone until this one is
             request = SegmentRequest(study.path, mask_path, force=True)
             outcome = segment_file(request, segmenter=self.segmenter)

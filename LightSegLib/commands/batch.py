@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import registry
-    from ..batch.job import FAILED, BatchSettings, failed_row, skipped_row
+    from ..batch.job import DONE, FAILED, SKIPPED, BatchSettings, failed_row, skipped_row
     from ..batch.studies import find_studies
     from ..batch.summary import write_summary
 
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             rows.setdefault(study.id, failed_row(study, f"{study.path}: not run (the batch was interrupted)"))
         paths = write_summary(list(rows.values()), args.output_dir)
     failed = sum(row["status"] == FAILED for row in rows.values())
-    counts = {status: sum(row["status"] == status for row in rows.values()) for status in ("done", "skipped")}
-    print(f"{len(studies)} studies: {counts['done']} done, {counts['skipped']} skipped, {failed} failed; "
+    counts = {status: sum(row["status"] == status for row in rows.values()) for status in (DONE, SKIPPED)}
+    print(f"{len(studies)} studies: {counts[DONE]} done, {counts[SKIPPED]} skipped, {failed} failed; "
           f"summary: {', '.join(map(str, paths))}", file=sys.stderr)
     return 1 if failed else 0
