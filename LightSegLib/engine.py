@@ -19,7 +19,7 @@ from .devices import pick_device
 from .errors import LightSegError
 from .geometry import AxialView, image_from_array
 from .io import INFECTION, LUNG
-from .lungs import LungMask
+from .lungs import LungMask, field_of_view_cuts
 from .models.inference import inference_form
 from .network import forward_probability, predict_image
 from .postprocess import PostProcessing, clean_infection
@@ -28,6 +28,9 @@ from .preprocess import SliceBoxes, crop_affines, crops_for_network, lung_crops,
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
 THRESHOLD = 0.5
+TURNED_NOTE = ("the spine lies in front of the lungs in the image's orientation (a prone patient, or a header that lost "
+               "the patient's position): the slices were turned 180 degrees for the network and the lungs named by "
+               "anatomy")
 
 
 class Cancelled(Exception):
@@ -47,6 +50,7 @@ class Segmentation:
     test_time_flips: tuple[str, ...] = ()  # the flipped passes averaged with the plain one
     # volumes only: the 3D clean-up's "settings" and what it "removed" per rule (components, mL)
     postprocessing: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was decided about the input (a prone patient turned)
 
 
 class Segmenter:
@@ -147,5 +151,10 @@ class Segmenter:
         if total and self.postprocessing.active:
             removed = self._clean(labels_c, hu, lungs, crops, view.spacing)
         timings["postprocessing"] = time.perf_counter() - tic
+        notes = [TURNED_NOTE] if scan.turned else []
+        cuts = field_of_view_cuts(lungs.lungs)
+        if cuts:
+            notes.append(f"the lungs run out of the field of view ({', '.join(cuts)}): lung volumes and percent "
+                         "involved cover only the part in view")
         return Segmentation(image_from_array(labels, image), view, lungs, hu.shape[0], total, timings,
-                            self.spec.flips, {"settings": self.postprocessing.to_card(), "removed": removed})
+                            self.spec.flips, {"settings": self.postprocessing.to_card(), "removed": removed}, notes)

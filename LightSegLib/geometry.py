@@ -49,6 +49,10 @@ class AxialView:
         unflipped = canonical[tuple(slice(None, None, -1) if f else slice(None) for f in self.flips)]
         return np.transpose(unflipped, np.argsort(self.axes))
 
+    def turned(self) -> "AxialView":
+        """The view turned 180 degrees about the long axis (P and L reversed): a prone patient seen supine."""
+        return AxialView(self.axes, (self.flips[0], not self.flips[1], not self.flips[2]), self.spacing)
+
     @property
     def is_identity(self) -> bool:
         return self.axes == (0, 1, 2) and not any(self.flips)

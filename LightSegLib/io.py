@@ -1,6 +1,7 @@
 """Reading CT volumes and 2D slices, writing label maps; geometry always copied from the input.
 
-Inputs: NIfTI, NRRD, MetaImage, a DICOM series folder (largest series), PNG/JPG slices.
+Inputs: NIfTI, NRRD, MetaImage, a DICOM series folder (its largest axial series, checked in dicom_series.py),
+PNG/JPG slices.
 Outputs: label maps as .nii.gz/.nii/.nrrd/.mha, Slicer .seg.nrrd with named coloured segments, PNG (2D only).
 Every write goes to a temporary file that is renamed at the end, so a failure leaves no partial output.
 """
@@ -16,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicerio
 
+from .dicom_series import choose_series
 from .errors import LightSegError
 
 # ITK prints warnings straight to stderr; LightSeg reports problems itself, one line each.
@@ -71,21 +73,14 @@ def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, tuple[str, ...]]:
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if not entries:
         raise LightSegError("folder is empty", folder)
+    series = choose_series(folder)
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise LightSegError("folder holds no DICOM series", folder)
-    files_by_series = {uid: reader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series}
-    uid = max(files_by_series, key=lambda u: len(files_by_series[u]))
-    reader.SetFileNames(files_by_series[uid])
+    reader.SetFileNames(series.files)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise LightSegError(f"cannot read DICOM series {uid} ({_first_line(exc)})", folder) from None
-    note = f"DICOM series {uid} ({len(files_by_series[uid])} slices)"
-    if len(series) > 1:
-        note += f", the largest of {len(series)} series in the folder"
-    return image, note, tuple(files_by_series[uid])
+        raise LightSegError(f"cannot read DICOM series {series.uid} ({_first_line(exc)})", folder) from None
+    return image, "; ".join(series.notes), series.files
 
 
 def _first_line(exc: Exception) -> str:

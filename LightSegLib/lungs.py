@@ -1,7 +1,8 @@
 """A fast classical lung mask from Hounsfield units, split into right and left lung.
 
 Steps, on a canonical (S, P, L) HU array, at about 1.5 mm in-plane (the result is upsampled back):
-1. air = HU < -400; air connected to the sides of the field of view is outside the body and dropped;
+1. air = HU < -400; air that reaches the edge of the field of view is outside the body and dropped, unless the body
+   (the largest component of non-air) encloses most of it along rows or columns: a lung cut by a tight field of view;
 2. the large remaining air components are the lungs (with the airways);
 3. the lungs are split into right and left by their connected components, eroding the mask if they touch;
 4. each lung, slice by slice, is closed with a 20 mm octagon (close to a disk) and hole-filled, so vessels and
@@ -28,6 +29,9 @@ GGO_MAX_HU = -300.0
 SMALL_HOLE_MM2 = 100.0  # holes up to this area in a slice are always filled (vessel cross-sections)
 SOLID_MIN_HU = -100.0  # larger holes whose mean is above this are solid organ (liver/spleen dome), not lung
 MIN_LUNG_ML = 30.0
+CUT_SLICES_FRACTION = 0.05
+CUT_END_FRACTION = 0.1
+BODY_ENCLOSED_FRACTION = 0.5  # air touching the field of view's edge is lung when the body encloses this much of it
 RIGHT, LEFT = 1, 2
 
 
@@ -41,6 +45,11 @@ class LungMask:
     def lungs(self) -> np.ndarray:
         """Both lungs, computed once (the engine reads it for every batch)."""
         return self.sides > 0
+
+    def turned(self) -> "LungMask":
+        """The mask in a view turned 180 degrees about the long axis: reversed in-plane, right and left swapped."""
+        turned = self.sides[:, ::-1, ::-1]
+        return LungMask(np.ascontiguousarray(np.choose(turned, [0, LEFT, RIGHT]).astype(np.uint8)))
 
 
 _IN_SLICE = np.zeros((3, 3, 3), bool)  # neighbours within the slice only (4-connected), for labelling
@@ -140,18 +149,50 @@ def _bounding_box(mask: np.ndarray, pad: int) -> tuple[slice, slice, slice]:
     return tuple(box)
 
 
+def _between(mask: np.ndarray, axis: int) -> np.ndarray:
+    """Voxels with a ``mask`` voxel on both sides of them along ``axis`` (or in the mask)."""
+    forward = np.logical_or.accumulate(mask, axis=axis)
+    backward = np.flip(np.logical_or.accumulate(np.flip(mask, axis), axis=axis), axis)
+    return forward & backward
+
+
+def _enclosed_by_body(air: np.ndarray) -> np.ndarray:
+    """Voxels that the body encloses within their slice along a row or a column, on a grid twice as coarse in-plane.
+
+    The body is the largest connected component of non-air: the table and what lies on it are apart from it (the
+    cushions are air-like foam). Lung is enclosed: by the chest wall in front and behind, and from side to side, so a
+    field of view that cuts the lungs at one edge still encloses them along the other axis. Outside air is enclosed
+    only in the body's concavities.
+    """
+    tissue = ~air[:, ::2, ::2]
+    labels, count = ndimage.label(tissue)
+    if not count:
+        return np.zeros(tissue.shape, bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    body = labels == sizes.argmax()
+    return _between(body, 1) | _between(body, 2)
+
+
 def _lung_components(air: np.ndarray, min_voxels: int) -> np.ndarray:
     """Air components inside the body that are large enough to be lung, from one labelling of the air.
 
-    A component touching the in-plane border of any slice is outside the body (the room, the table). Of the others,
-    those with at least ``min_voxels`` and at least 10 % of the largest are kept. Lookup tables by label are much
-    faster than ``np.isin`` here.
+    A component that touches the in-plane border of a slice is outside air (the room, the air around the table)
+    unless the body encloses most of it: a lung cut by a tight field of view. Of the components inside, those with at
+    least ``min_voxels`` and at least 10 % of the largest are kept. Lookup tables by label are much faster than
+    ``np.isin`` here.
     """
     labels, count = ndimage.label(air)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    border = np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
-                             labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
-    sizes[border] = 0  # outside air
+    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
+                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    border = border[(border > 0) & (sizes[border] >= min_voxels)]  # smaller ones are dropped by size anyway
+    if border.size:
+        coarse = labels[:, ::2, ::2].ravel()
+        enclosed = np.bincount(coarse, weights=_enclosed_by_body(air).ravel(), minlength=count + 1)
+        coarse_sizes = np.bincount(coarse, minlength=count + 1)
+        outside = border[enclosed[border] < BODY_ENCLOSED_FRACTION * coarse_sizes[border]]
+        sizes[outside] = 0
     sizes[0] = 0  # not air
     keep = (sizes > 0) & (sizes >= min_voxels) & (sizes >= 0.1 * sizes.max())
     return keep[labels]
@@ -213,6 +254,25 @@ def _split_at_midline(lungs: np.ndarray) -> np.ndarray:
     sides[:, :, :middle][lungs[:, :, :middle]] = RIGHT
     sides[:, :, middle:][lungs[:, :, middle:]] = LEFT
     return sides
+
+
+def field_of_view_cuts(lungs: np.ndarray) -> list[str]:
+    """Where a canonical (S, P, L) lung mask runs out of the field of view: "side" (an in-plane edge, in at least
+    CUT_SLICES_FRACTION of the lung slices), "top" or "bottom" (an end slice holding at least CUT_END_FRACTION of the
+    largest lung slice's area; scans often start a few square centimetres into the lung bases and apices)."""
+    areas = lungs.sum(axis=(1, 2))
+    if not areas.any():
+        return []
+    cuts = []
+    on_edge = lungs[:, 0, :].any(axis=1) | lungs[:, -1, :].any(axis=1) | lungs[:, :, 0].any(axis=1) | \
+        lungs[:, :, -1].any(axis=1)
+    if on_edge.sum() >= CUT_SLICES_FRACTION * (areas > 0).sum():
+        cuts.append("side")
+    if areas[-1] >= CUT_END_FRACTION * areas.max():
+        cuts.append("top")
+    if areas[0] >= CUT_END_FRACTION * areas.max():
+        cuts.append("bottom")
+    return cuts
 
 
 def lung_mask(hu: np.ndarray, spacing: tuple[float, float, float]) -> LungMask:

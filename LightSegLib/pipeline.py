@@ -138,6 +138,8 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     report["warnings"] = warnings
     if request.report is not None:
         io.write_atomically(request.report, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
+    for note in result.notes:
+        print(f"lightseg: note: {request.input}: {note}", file=sys.stderr)
     for warning in warnings:
         print(f"lightseg: warning: {warning}", file=sys.stderr)
     return SegmentOutcome(report, result, loaded.image, warnings)

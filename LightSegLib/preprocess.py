@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from .cards import HUWindow
 from .geometry import AxialView
 from .lungs import LungMask, lung_mask
+from .orientation import faces_down
 
 BOX_MARGIN = 0.08  # of the box size, on each side: the training slices show a little chest wall around the lungs
 MIN_BOX_FRACTION = 0.6  # of the whole-volume lung box: small apical/basal lungs are not blown up to fill the input
@@ -56,14 +57,19 @@ class LungCrops:
     lungs: LungMask
     crops: SliceBoxes
     image: sitk.Image  # held so that ``hu``, a view into its buffer, stays valid
+    turned: bool = False  # the header's view showed the patient upside down (prone): turned by anatomy
 
 
 def lung_crops(image: sitk.Image) -> LungCrops:
-    """Canonical HU view, lung mask and lung crop boxes of a CT volume."""
+    """Canonical HU view, lung mask and lung crop boxes of a CT volume, turned supine if the anatomy says so."""
     view = AxialView.of(image)
     hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
     lungs = lung_mask(hu, view.spacing)
-    return LungCrops(view, hu, lungs, lung_boxes(lungs.lungs), image)
+    turned = bool(lungs.lungs.any()) and faces_down(hu, lungs.lungs, view.spacing)
+    if turned:
+        view, lungs = view.turned(), lungs.turned()
+        hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
+    return LungCrops(view, hu, lungs, lung_boxes(lungs.lungs), image, turned)
 
 
 def _grow(lo: np.ndarray, hi: np.ndarray, min_size: float, limit: int) -> np.ndarray:

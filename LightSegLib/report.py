@@ -60,6 +60,7 @@ def build_report(result: Segmentation, card: ModelCard, device: str, input_path:
         "model": {"id": card.id, "version": card.version, "architecture": card.architecture,
                   "weights_sha256": card.weights_sha256, "test_time_flips": list(result.test_time_flips)},
         "postprocessing": result.postprocessing,
+        "notes": list(result.notes),
         "device": device,
         "slices": {"total": result.slices_total, "with_lung": result.slices_segmented},
         **measurements,

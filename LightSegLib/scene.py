@@ -66,6 +66,7 @@ def results_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows += [("Model", f"{report['model']['id']} {report['model']['version']}", ""),
              ("Device", report["device"], ""),
              ("Time", f"{sum(v for k, v in report['timings_s'].items() if k != 'total'):.2f}", "s")]
+    rows += [("Note", note, "") for note in report.get("notes", [])]  # a cut field of view, a prone patient turned
     return rows
 
 

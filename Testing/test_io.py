@@ -20,7 +20,7 @@ def test_p001_dicom_series_geometry():
     assert np.allclose(image.GetSpacing(), (0.748046875, 0.748046875, 2.0))
     assert np.allclose(image.GetOrigin(), (-172.1259765625, -328.1259765625, -346.1))
     assert image.GetDirection() == (1, 0, 0, 0, 1, 0, 0, 0, 1)
-    assert "1.3.12.2.1107.5.1.4.93005.30000020030507333373200012427 (148 slices)" in loaded.note
+    assert "1.3.12.2.1107.5.1.4.93005.30000020030507333373200012427" in loaded.note and "148 slices" in loaded.note
     hu = sitk.GetArrayViewFromImage(image)
     assert hu.min() == -1024 and hu.max() > 1000  # Hounsfield units, JPEG-lossless decoded
 

@@ -100,3 +100,34 @@ def test_lung_crops_keep_their_hu_view_valid_after_the_caller_drops_the_image(p0
     assert scan.image is not None
     assert np.array_equal(scan.view.from_canonical(scan.hu), expected)
     del filler
+
+
+@pytest.mark.parametrize("cut", ["sides", "all edges"])
+def test_lungs_cut_by_the_field_of_view_are_found(p001_lungs, cut):
+    """A tight field of view (the lungs touching its edges) keeps the lungs; outside air and the table stay out."""
+    from LightSegLib.lungs import field_of_view_cuts
+
+    hu, view, mask = p001_lungs
+    columns = np.flatnonzero(mask.lungs.any(axis=(0, 1)))
+    rows = np.flatnonzero(mask.lungs.any(axis=(0, 2)))
+    margin = int(0.2 * (columns[-1] - columns[0]))
+    box = (slice(None), slice(None) if cut == "sides" else slice(rows[0] + 10, rows[-1] - 10),
+           slice(columns[0] + margin, columns[-1] - margin))
+    cropped = lung_mask(np.ascontiguousarray(hu[box]), view.spacing)
+    expected = mask.sides[box]
+    overlap = (cropped.lungs & (expected > 0)).sum()
+    assert 2 * overlap / (cropped.lungs.sum() + (expected > 0).sum()) > 0.98
+    assert (cropped.sides[expected > 0] == expected[expected > 0]).mean() > 0.97
+    assert np.median(hu[box][cropped.lungs]) < -700  # lung, not body
+    assert "side" in field_of_view_cuts(cropped.lungs) and field_of_view_cuts(mask.lungs) == []
+
+
+def test_a_patient_turned_face_down_is_recognised_by_the_spine(p001_lungs):
+    from LightSegLib.orientation import faces_down, spine_offset_mm
+
+    hu, view, mask = p001_lungs
+    assert spine_offset_mm(hu, mask.lungs, view.spacing) > 25  # supine: the spine behind the lungs
+    assert not faces_down(hu, mask.lungs, view.spacing)
+    assert faces_down(hu[:, ::-1, ::-1], mask.lungs[:, ::-1, ::-1], view.spacing)
+    turned = mask.turned()
+    assert ((turned.sides == RIGHT) == (mask.sides[:, ::-1, ::-1] == LEFT)).all()
