@@ -99,18 +99,17 @@ def choose_series(folder: Path) -> SeriesChoice:
     stack, left_out = stacks[uid]
     if not stack:
         raise LightSegError("folder holds only localizer images, no axial series", folder)
-    notes = [f"DICOM {stack[0].series_label} ({uid})"]
+    ordered, duplicates = _ordered_stack(stack, folder)
+    notes = [f"DICOM {stack[0].series_label} ({uid})", f"{len(ordered)} slices"]
     if left_out:
         notes.append(f"{left_out} localizer or other-plane image(s) of the series left out")
+    if duplicates:
+        notes.append(f"{duplicates} exact duplicate slice file(s) left out")
     others = [f"{by_series[u][0].series_label}: {len(stacks[u][0])} axial slices"
               + (f", {stacks[u][1]} localizer or other-plane image(s)" if stacks[u][1] else "")
               for u in stacks if u != uid]
     if others:
         notes.append(f"the longest of {len(stacks)} series (left out: {'; '.join(others)})")
-    ordered, duplicates = _ordered_stack(stack, folder)
-    if duplicates:
-        notes.append(f"{duplicates} exact duplicate slice file(s) left out")
-    notes.insert(1, f"{len(ordered)} slices")
     return SeriesChoice(uid, tuple(s.path for s in ordered), notes)
 
 

@@ -287,14 +287,13 @@ def _unsigned(scan: Scan, folder: Path) -> Path:
 
 
 def _gantry_tilt(scan: Scan, folder: Path) -> Path:
-    """The headers of a tilted acquisition: slice planes tilted about the left-right axis, stacked along the table."""
+    """The headers of a tilted acquisition: slice planes tilted about the left-right axis, their positions still
+    stacked along the table (the long axis)."""
     target, files = _copy_series(scan, folder, "gantry-tilt")
     tilt = np.radians(TILT_DEG)
     for path in files:
         ds = pydicom.dcmread(path)
-        x, y, z = (float(v) for v in ds.ImagePositionPatient)
         ds.ImageOrientationPatient = [1, 0, 0, 0, float(np.cos(tilt)), float(-np.sin(tilt))]
-        ds.ImagePositionPatient = [x, y, z]
         ds.GantryDetectorTilt = TILT_DEG
         ds.save_as(path)
     return target
