@@ -92,6 +92,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.deviceSelector.connect("currentIndexChanged(int)", self.updateDiagnostics)
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.updateModelTooltip)
         self.ui.addPairButton.connect("clicked(bool)", self.onAddPair)
+        self.ui.addNegativeButton.connect("clicked(bool)", self.onAddNegative)
         self.ui.removePairButton.connect("clicked(bool)", self.onRemovePair)
         self.ui.finetuneButton.connect("clicked(bool)", self.onFinetuneButton)
         self.ui.deviceSelector.addItems(["auto", "cpu", "cuda"])
@@ -216,6 +217,15 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         item.setData(qt.Qt.UserRole, json.dumps([volume.GetID(), segmentation.GetID(), segmentId]))
         self.ui.trainingPairsList.addItem(item)
 
+    def onAddNegative(self):
+        volume = self._parameterNode.trainingVolume
+        if not volume:
+            slicer.util.errorDisplay("Select a CT volume first.")
+            return
+        item = qt.QListWidgetItem(f"{volume.GetName()} (without infection)")
+        item.setData(qt.Qt.UserRole, json.dumps([volume.GetID(), None, None]))
+        self.ui.trainingPairsList.addItem(item)
+
     def onRemovePair(self):
         for item in self.ui.trainingPairsList.selectedItems():
             self.ui.trainingPairsList.takeItem(self.ui.trainingPairsList.row(item))
@@ -225,14 +235,16 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.finetuneStatusLabel.text = "Stopping (the best model so far is kept)..."
             self._finetune.stop()
             return
-        pairs = [json.loads(self.ui.trainingPairsList.item(i).data(qt.Qt.UserRole))
+        items = [json.loads(self.ui.trainingPairsList.item(i).data(qt.Qt.UserRole))
                  for i in range(self.ui.trainingPairsList.count)]
+        node = slicer.mrmlScene.GetNodeByID
+        pairs = [(node(v), node(s), seg) for v, s, seg in items if s]
+        negatives = [node(v) for v, s, _ in items if not s]
         folder = self.ui.pairsFolderLineEdit.currentPath
         with slicer.util.tryWithErrorDisplay("Fine-tuning could not start.", waitCursor=True):
             self._finetune = self.logic.startFinetune(
-                [(slicer.mrmlScene.GetNodeByID(v), slicer.mrmlScene.GetNodeByID(s), seg) for v, s, seg in pairs],
-                folder, self.ui.baseModelSelector.currentText, self._parameterNode.newModelName,
-                self._parameterNode.minutes, self.onFinetuneEvent, self._parameterNode.adaptAllLayers)
+                pairs, folder, self.ui.baseModelSelector.currentText, self._parameterNode.newModelName,
+                self._parameterNode.minutes, self.onFinetuneEvent, self._parameterNode.adaptAllLayers, negatives)
             self.ui.finetuneButton.text = "Stop"
 
     def onFinetuneEvent(self, event):
@@ -247,9 +259,8 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if event["event"] == "done":
                 self.refreshModels(select=event["model"])
                 self.ui.finetuneResultLabel.text = (
-                    f"{event['model']}: held-out Dice {event['new'].get('infnet_dice', 0):.3f} "
-                    f"(parent {event['parent']['infnet_dice']:.3f}) on {event['held_out_slices']} slices; "
-                    f"{event['stopped']} after {event['epochs']} epochs")
+                    f"{event['model']}: {self.logic.heldOutText(event)}; {event['stopped']} after {event['epochs']} "
+                    "epochs")
             else:
                 self.ui.finetuneResultLabel.text = event.get("message", "Fine-tuning failed.")
 
@@ -265,10 +276,12 @@ class LightSegLogic(ScriptedLoadableModuleLogic, LightSegCoreLogic):
     def getParameterNode(self):
         return LightSegParameterNode(super().getParameterNode())
 
-    def startFinetune(self, scenePairs, pairsFolder, baseModel, newName, minutes, onEvent, adaptAllLayers=False):
+    def startFinetune(self, scenePairs, pairsFolder, baseModel, newName, minutes, onEvent, adaptAllLayers=False,
+                      negativeVolumes=()):
         """Export the cases and run ``lightseg finetune`` in a console process (the panel's Stop writes its stop
         file); the exported cases are deleted when it ends."""
-        args, workDir = self.prepareFinetune(scenePairs, pairsFolder, baseModel, newName, minutes, adaptAllLayers)
+        args, workDir = self.prepareFinetune(scenePairs, pairsFolder, baseModel, newName, minutes, adaptAllLayers,
+                                             negativeVolumes)
         return FinetuneProcess(args, workDir, onEvent)
 
 

@@ -171,12 +171,24 @@ class LightSegCoreLogic:
     # --- fine-tuning on the scene's cases -----------------------------------------------------------------------
 
     @staticmethod
-    def exportCase(volumeNode, segmentationNode, segmentId, volumePath, labelPath):
-        """Write a volume and one of its segments (renamed "Infection") with MRML storage nodes."""
+    def heldOutText(doneEvent):
+        """The fine-tune's held-out comparison (the ``done`` event of ``--progress-json``) as one line of text."""
+        from LightSegLib.training.finetune import held_out_line
+
+        return held_out_line(doneEvent, "parent", "new")
+
+    @staticmethod
+    def exportVolume(volumeNode, volumePath):
+        """Write a volume with its MRML storage node."""
         volumeStorage = volumeNode.CreateDefaultStorageNode()
         volumeStorage.SetFileName(volumePath)
         if not volumeStorage.WriteData(volumeNode):
             raise RuntimeError(f"could not write {volumePath}")
+
+    @classmethod
+    def exportCase(cls, volumeNode, segmentationNode, segmentId, volumePath, labelPath):
+        """Write a volume and one of its segments (renamed "Infection") with MRML storage nodes."""
+        cls.exportVolume(volumeNode, volumePath)
         exported = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
         try:
             exported.GetSegmentation().CopySegmentFromSegmentation(segmentationNode.GetSegmentation(), segmentId)
@@ -188,10 +200,12 @@ class LightSegCoreLogic:
         finally:
             slicer.mrmlScene.RemoveNode(exported)
 
-    def prepareFinetune(self, scenePairs, pairsFolder, baseModel, newName, minutes, adaptAllLayers=False):
-        """Export the scene's (volume, segmentation, segment) cases to a new temporary folder, list them (and the
-        pairs of ``pairsFolder``'s ``volumes``/``labels``) in a CSV, and return the ``lightseg finetune`` command and
-        the folder, which the caller deletes when the run ends."""
+    def prepareFinetune(self, scenePairs, pairsFolder, baseModel, newName, minutes, adaptAllLayers=False,
+                        negativeVolumes=()):
+        """Export the scene's (volume, segmentation, segment) cases and its CTs without infection (volume nodes
+        alone) to a new temporary folder, list the cases (and the pairs of ``pairsFolder``'s ``volumes``/``labels``)
+        in a CSV, and return the ``lightseg finetune`` command and the folder, which the caller deletes when the run
+        ends."""
         from LightSegLib.io import pair_by_name
 
         workDir = tempfile.mkdtemp(prefix="lightseg-finetune-")
@@ -206,16 +220,25 @@ class LightSegCoreLogic:
                 volumes, labels = os.path.join(pairsFolder, "volumes"), os.path.join(pairsFolder, "labels")
                 for volumePath, labelPath in pair_by_name(volumes, labels):
                     lines.append(f"{volumePath},{labelPath}")
-            if len(lines) == 1:
-                raise ValueError("Add at least one training case (volume + segmentation), or choose a folder of "
-                                 "pairs with 'volumes' and 'labels' subfolders.")
-            pairsCsv = os.path.join(workDir, "pairs.csv")
-            with open(pairsCsv, "w") as f:
-                f.write("\n".join(lines) + "\n")
+            negativesDir = os.path.join(workDir, "without-infection")
+            for index, volumeNode in enumerate(negativeVolumes):
+                os.makedirs(negativesDir, exist_ok=True)
+                self.exportVolume(volumeNode, os.path.join(negativesDir, f"ct{index}.nrrd"))
+            if len(lines) == 1 and not negativeVolumes:
+                raise ValueError("Add at least one training case (volume + segmentation) or CT without infection, or "
+                                 "choose a folder of pairs with 'volumes' and 'labels' subfolders.")
+            data = []
+            if len(lines) > 1:
+                pairsCsv = os.path.join(workDir, "pairs.csv")
+                with open(pairsCsv, "w") as f:
+                    f.write("\n".join(lines) + "\n")
+                data += ["--pairs", pairsCsv]
+            if negativeVolumes:
+                data += ["--negative-volumes", negativesDir]
         except BaseException:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
         args = [shutil.which("PythonSlicer") or sys.executable, "-m", "LightSegLib", "finetune", "--base", baseModel,
-                "--name", newName, "--pairs", pairsCsv, "--minutes", str(minutes), "--progress-json", "--force",
+                "--name", newName, *data, "--minutes", str(minutes), "--progress-json", "--force",
                 "--adapt", "all" if adaptAllLayers else "input"]
         return args, workDir

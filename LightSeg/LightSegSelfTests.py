@@ -5,6 +5,7 @@ Slicer's core libraries (Testing/test_slicer_core.py). Each starts from an empty
 LightSegError) on failure. They need the bundled sample and a model; no network.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -256,5 +257,30 @@ def test_FinetuneFromScene(newName="selftest-finetune"):
     registry.remove_user_model(newName)
 
 
+def test_FinetuneWithCTsWithoutInfection(newName="selftest-negatives"):
+    """A volume node given as a CT without infection (the retrain panel's "Add CT without infection") is exported by
+    its storage node alone, fine-tunes a new model with ``--negative-volumes`` for a few seconds, and the export is
+    deleted. (The bundled sample stands in for a normal CT here: this checks the path, not the accuracy.)"""
+    from LightSegLib import registry
+
+    slicer.mrmlScene.Clear(0)
+    volumeNode = loadSample("normal")
+    logic = LightSegCoreLogic()
+    args, workDir = logic.prepareFinetune([], "", MODEL, newName, 0.05, negativeVolumes=[volumeNode])
+    try:
+        assert os.listdir(workDir) == ["without-infection"], os.listdir(workDir)
+        assert os.listdir(os.path.join(workDir, "without-infection")) == ["ct0.nrrd"]
+        assert "--pairs" not in args and args[args.index("--negative-volumes") + 1].endswith("without-infection")
+        finished = subprocess.run(args, cwd=libraryParent(), capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(workDir, ignore_errors=True)
+    assert finished.returncode == 0, finished.stderr
+    done = [line for line in finished.stdout.splitlines() if '"event": "done"' in line]
+    assert done and "negatives_held_out" in done[0]
+    assert "without infection" in logic.heldOutText(json.loads(done[0]))
+    assert newName in [m["id"] for m in logic.models()]
+    registry.remove_user_model(newName)
+
+
 SELF_TESTS = (test_SegmentSample, test_SegmentTwiceKeepsOtherSegmentsAndCancelChangesNothing, test_FlippedVolumeAgrees,
-              test_BadVolumesAreRefusedWithNothingWritten, test_FinetuneFromScene)
+              test_BadVolumesAreRefusedWithNothingWritten, test_FinetuneFromScene, test_FinetuneWithCTsWithoutInfection)

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from . import metrics
 from .engine import Segmenter, Segmentation
 from .errors import LightSegError
+from .geometry import axial_positions
 from .io import INFECTION
 from .network import predict_image
 from .training.slices import SliceSet
@@ -52,16 +53,7 @@ def infected_area_per_slice(result: Segmentation, image: sitk.Image) -> tuple[np
     assert result.view is not None
     labels_c = result.view.to_canonical(sitk.GetArrayViewFromImage(result.labels))
     area = (labels_c == INFECTION).sum(axis=(1, 2)) * result.view.spacing[1] * result.view.spacing[2]
-    # physical z of each canonical slice: the centre voxel's LPS z, stepped along the canonical S axis by the
-    # direction-scaled index step (one affine step, no per-slice lookups)
-    axis = result.view.axes[0]  # numpy axis; SimpleITK index axis 2 - axis
-    index = np.array(sitk.GetArrayViewFromImage(image).shape)[::-1] // 2
-    index[2 - axis] = 0
-    first = np.array(image.TransformIndexToPhysicalPoint([int(i) for i in index]))
-    step = np.array(image.GetDirection()).reshape(3, 3)[:, 2 - axis] * image.GetSpacing()[2 - axis]
-    count = labels_c.shape[0]
-    along = np.arange(count)[::-1] if result.view.flips[0] else np.arange(count)
-    return area, first[2] + along * step[2]
+    return area, axial_positions(image, result.view)
 
 
 def area_at_labelled_slices(area_mm2: np.ndarray, positions: np.ndarray, locations: np.ndarray) -> np.ndarray:

@@ -67,3 +67,16 @@ def image_from_array(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
     image = sitk.GetImageFromArray(np.ascontiguousarray(array))
     image.CopyInformation(reference)
     return image
+
+
+def axial_positions(image: sitk.Image, view: AxialView) -> np.ndarray:
+    """The physical superior-inferior position (mm, LPS z) of each canonical axial slice of ``image``."""
+    axis = view.axes[0]  # numpy axis; SimpleITK index axis 2 - axis
+    # the centre voxel's LPS z, stepped along the canonical S axis by the direction-scaled index step
+    index = np.array(sitk.GetArrayViewFromImage(image).shape)[::-1] // 2
+    index[2 - axis] = 0
+    first = np.array(image.TransformIndexToPhysicalPoint([int(i) for i in index]))
+    step = np.array(image.GetDirection()).reshape(3, 3)[:, 2 - axis] * image.GetSpacing()[2 - axis]
+    count = sitk.GetArrayViewFromImage(image).shape[axis]
+    along = np.arange(count)[::-1] if view.flips[0] else np.arange(count)
+    return first[2] + along * step[2]

@@ -14,7 +14,8 @@ from volume_benchmark import labelled_case_failures, target_verdicts, volume_fai
 
 AT_THE_LIMITS = {"auc_change_interval": [-0.2, 0.0], "infected_slices_gained": 1, "infected_slices_lost": 4,
                  "clear_slices_newly_called": 5, "clear_slices_no_longer_called": 2}
-REFERENCE = {"P001": {"infection_ml": 100.0}, "normal001": {"infection_ml": 10.0}}
+REFERENCE = {"P001": {"infection_ml": 100.0}, "normal001": {"infection_ml": 10.0, "false_positive_ml": 10.0},
+             "LIDC-IDRI-0001": {"infection_ml": 40.0, "false_positive_ml": 30.0}}
 
 
 def volume_benchmark(*args) -> subprocess.CompletedProcess:
@@ -24,7 +25,8 @@ def volume_benchmark(*args) -> subprocess.CompletedProcess:
 
 def test_a_candidate_at_every_limit_passes():
     assert labelled_case_failures("P001", AT_THE_LIMITS) == []
-    at_limits = {"P001": {"infection_ml": 125.0}, "normal001": {"infection_ml": 11.0}}
+    at_limits = {"P001": {"infection_ml": 125.0}, "normal001": {"infection_ml": 11.0, "false_positive_ml": 11.0},
+                 "LIDC-IDRI-0001": {"infection_ml": 60.0, "false_positive_ml": 31.0}}
     assert volume_failures(at_limits, REFERENCE) == []
 
 
@@ -38,22 +40,30 @@ def test_each_slice_criterion_fails_a_candidate_past_its_limit(change, reason):
     assert len(failures) == 1 and failures[0].startswith(reason)
 
 
+NORMAL = {"infection_ml": 10.0, "false_positive_ml": 10.0}
+
+
 @pytest.mark.parametrize("candidate, reason", [
-    ({"P001": {"infection_ml": 125.5}, "normal001": {"infection_ml": 10.0}},
-     "P001: infection volume changes by +25.5%"),
-    ({"P001": {"infection_ml": 74.0}, "normal001": {"infection_ml": 10.0}},
-     "P001: infection volume changes by -26.0%"),
-    ({"P001": {"infection_ml": 100.0}, "normal001": {"infection_ml": 11.2}}, "normal001: +1.2 mL of infection"),
+    ({"P001": {"infection_ml": 125.5}, "normal001": NORMAL}, "P001: infection volume changes by +25.5%"),
+    ({"P001": {"infection_ml": 74.0}, "normal001": NORMAL}, "P001: infection volume changes by -26.0%"),
+    ({"P001": {"infection_ml": 100.0}, "normal001": {"infection_ml": 11.2, "false_positive_ml": 11.2}},
+     "normal001: +1.2 mL of infection"),
+    # a CT with annotated lesions is judged by the infection away from them, not by the total
+    ({"P001": {"infection_ml": 100.0}, "normal001": NORMAL,
+      "LIDC-IDRI-0001": {"infection_ml": 40.0, "false_positive_ml": 31.5}}, "LIDC-IDRI-0001: +1.5 mL of infection"),
 ])
 def test_each_volume_criterion_fails_a_candidate_past_its_limit(candidate, reason):
     failures = volume_failures(candidate, REFERENCE)
     assert len(failures) == 1 and failures[0].startswith(reason)
 
 
-def test_targets_are_checked_only_on_the_cases_run():
-    row = {"P001": {"specificity": 0.85, "sensitivity": 0.949}, "normal001": {"infection_ml": 5.1}}
-    assert target_verdicts(row) == {"normal001 infection mL": False, "P001 specificity": True,
-                                    "P001 sensitivity": False}
+def test_targets_are_checked_only_on_the_cases_run_and_not_trained_on():
+    row = {"P001": {"specificity": 0.85, "sensitivity": 0.949, "trained_on": False},
+           "normal001": {"infection_ml": 5.1, "false_positive_ml": 5.1, "trained_on": False},
+           "LIDC-IDRI-0003": {"infection_ml": 9.0, "false_positive_ml": 4.0, "trained_on": False},
+           "POPI-00": {"infection_ml": 0.0, "false_positive_ml": 0.0, "trained_on": True}}
+    assert target_verdicts(row) == {"normal001 at most 5 mL": False, "LIDC-IDRI-0003 at most 5 mL": True,
+                                    "P001 specificity": True, "P001 sensitivity": False}
 
 
 def test_gate_passes_the_committed_default_and_fails_a_miscalibrated_copy(tmp_path):
@@ -75,6 +85,8 @@ def test_gate_passes_the_committed_default_and_fails_a_miscalibrated_copy(tmp_pa
     assert same["P001"]["auc_change"] == 0 and same["P001"]["auc_change_interval"] == [0, 0]
     assert same["P001"]["changed_calls"] == [] and same["gate_failures"] == []
     assert same["normal001"]["infection_ml"] == reference["normal001"]["infection_ml"]
+    assert same["normal001"]["trained_on"] is (
+        "normal001" in card.get("training", {}).get("trained_on_cts", []))
     assert same["postprocessing"] == card["postprocessing"]
     assert any("P001: net" in f and "clear slices gain a call" in f for f in miscalibrated["gate_failures"])
     assert any(f.startswith("normal001: +") for f in miscalibrated["gate_failures"])

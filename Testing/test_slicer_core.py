@@ -57,6 +57,10 @@ def test_retrain_from_scene_pairs(self_tests):
     self_tests.test_FinetuneFromScene()
 
 
+def test_retrain_from_a_ct_without_infection(self_tests):
+    self_tests.test_FinetuneWithCTsWithoutInfection()
+
+
 def test_the_self_test_list_is_what_slicer_runs(self_tests):
     """LightSegTest (LightSeg.py) runs SELF_TESTS; every self-test function is in it, and each is run above."""
     functions = {name for name in dir(self_tests) if name.startswith("test_")}

@@ -250,7 +250,7 @@ def test_panel_renders_offscreen_with_a_results_table(tmp_path, loaded_ui):
     out = tmp_path / "panel.png"
     render(report, out)
     with Image.open(out) as picture:
-        assert picture.size == (440, 980)
+        assert picture.size == (440, 1008)  # the retrain panel's buttons in two rows keep it 440 wide
         assert len(np.unique(np.asarray(picture.convert("L")))) > 10  # drawn, not blank
 
 
@@ -262,8 +262,9 @@ def test_the_retrain_panel_passes_only_options_lightseg_finetune_accepts(adapt):
     start = next(n for n in ast.walk(logic) if isinstance(n, ast.FunctionDef) and n.name == "prepareFinetune")
     passed = {n.value for n in ast.walk(start) if isinstance(n, ast.Constant) and isinstance(n.value, str)
               and n.value.startswith("--")}
-    argv = ["finetune", "--base", "miniseg-covid", "--name", "site", "--pairs", "pairs.csv", "--minutes", "5",
-            "--progress-json", "--force", "--adapt", adapt]
+    argv = ["finetune", "--base", "miniseg-covid", "--name", "site", "--pairs", "pairs.csv", "--negative-volumes",
+            "without-infection", "--minutes", "5", "--progress-json", "--force", "--adapt", adapt]
     assert passed == {a for a in argv if a.startswith("--")}  # every option the panel passes is exercised here
     args = build_parser().parse_args(argv)  # argparse exits on an unknown option or a bad choice
     assert args.adapt == adapt and args.pairs.name == "pairs.csv"
+    assert args.negative_volumes.name == "without-infection"

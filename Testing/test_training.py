@@ -187,12 +187,12 @@ def test_pseudo_label_refuses_to_overwrite_and_rejects_bad_folders(few_pseudo_sl
 
 
 def test_pseudo_stream_hands_out_every_slice_once_per_pass():
-    from LightSegLib.training.loop import PseudoStream
+    from LightSegLib.training.loop import SliceStream
     from LightSegLib.training.slices import SliceSet
 
     data = SliceSet([np.full((8, 8), i / 10, np.float32) for i in range(5)], [np.zeros((8, 8), np.float32)] * 5,
                     [str(i) for i in range(5)])
-    stream = PseudoStream(data, 8, torch.device("cpu"), torch.Generator().manual_seed(0))
+    stream = SliceStream(data, 8, torch.device("cpu"), torch.Generator().manual_seed(0))
     taken = torch.cat([stream.take(2)[0] for _ in range(5)])[:, 0, 0, 0]  # ten slices: two full passes
     first, second = (sorted(round(float(v) * 10) for v in half) for half in (taken[:5], taken[5:]))
     assert first == second == [0, 1, 2, 3, 4]

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from LightSegLib import registry  # noqa: E402
-from LightSegLib.engine import Segmenter  # noqa: E402
+from LightSegLib.engine import Segmentation, Segmenter  # noqa: E402
 from LightSegLib.evaluation import MIN_INFECTED_AREA_MM2, infected_area_per_slice, read_slice_labels  # noqa: E402
 from LightSegLib.io import INFECTION, read_image  # noqa: E402
 from LightSegLib.montage import render_slice  # noqa: E402
@@ -44,15 +44,8 @@ def main() -> None:
     card = registry.resolve(args.model)
     before = Segmenter(card, "cpu", postprocessing=PostProcessing()).segment_volume(image)
     after = Segmenter(card, "cpu").segment_volume(image)
-    area, positions = infected_area_per_slice(before, image)
-    candidates = area >= MIN_INFECTED_AREA_MM2
-    if args.clear_slices:
-        locations, visible = read_slice_labels(DATA / f"{args.case}_slice_labels.csv")
-        clear = np.zeros(len(area), bool)
-        for location in locations[~visible]:
-            clear[int(np.argmin(np.abs(positions - location)))] = True
-        candidates &= clear
-    picks = sorted(np.flatnonzero(candidates)[np.argsort(-area[candidates])][:args.count])
+    picks = most_infected_slices(before, image, args.count,
+                                 DATA / f"{args.case}_slice_labels.csv" if args.clear_slices else None)
     view = before.view
     hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
     lungs = before.lungs.lungs
@@ -64,6 +57,21 @@ def main() -> None:
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.output)
     print(f"{args.output}: slices {[int(z) for z in picks]} (canonical index, from the lowest up); "
           f"removed: {after.postprocessing['removed']}")
+
+
+def most_infected_slices(result: Segmentation, image: sitk.Image, count: int,
+                         clear_only_labels: Path | None = None) -> list[int]:
+    """The canonical indices of the ``count`` slices with the most infection in ``result`` (at least the slice-call
+    area), in order; with a slice-label CSV, only among the slices the radiologists labelled clear."""
+    area, positions = infected_area_per_slice(result, image)
+    candidates = area >= MIN_INFECTED_AREA_MM2
+    if clear_only_labels is not None:
+        locations, visible = read_slice_labels(clear_only_labels)
+        clear = np.zeros(len(area), bool)
+        for location in locations[~visible]:
+            clear[int(np.argmin(np.abs(positions - location)))] = True
+        candidates &= clear
+    return sorted(int(z) for z in np.flatnonzero(candidates)[np.argsort(-area[candidates])][:count])
 
 
 def _crop(tile: np.ndarray, lungs: np.ndarray) -> np.ndarray:

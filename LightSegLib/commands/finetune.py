@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--volumes", type=Path, help="folder of CT volumes or DICOM folders (with --labels)")
     p.add_argument("--labels", type=Path, help="label maps (1 = infection) or .seg.nrrd named like the volumes")
     p.add_argument("--pairs", type=Path, help="CSV with columns volume,label")
+    p.add_argument("--negative-volumes", type=Path, metavar="DIR",
+                   help="folder of the site's CTs without infection (files or DICOM folders; nothing drawn), alone or "
+                        "with one of the labelled sources")
     p.add_argument("--segment", default="Infection", help="segment name to use in .seg.nrrd labels")
     p.add_argument("--epochs", type=int, default=D["epochs"])
     p.add_argument("--minutes", type=float, help="time budget; stops cleanly and keeps the best model")
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import pick_device
     from ..models import input_stages
     from ..training.finetune import (FinetuneRequest, StopSignal, base_recipe, check_site_data, eta_seconds,
-                                    read_pairs_csv, run_finetune, site_from_images, site_from_volumes)
+                                    held_out_line, read_pairs_csv, run_finetune, site_from_images,
+                                    site_from_negatives, site_from_volumes)
     from ..training.loop import TrainConfig
     from ..training.recipe import describe_command
 
@@ -71,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if existing.exists() and not args.force:
         raise LightSegError("a user model of that name exists (use --force to replace it)", existing)
     sources = [bool(args.images or args.masks), bool(args.volumes or args.labels), bool(args.pairs)]
-    if sum(sources) != 1:
-        raise LightSegError("give one data source: --images/--masks, --volumes/--labels, or --pairs")
+    if sum(sources) > 1 or (sum(sources) == 0 and not args.negative_volumes):
+        raise LightSegError("give one labelled data source (--images/--masks, --volumes/--labels or --pairs), "
+                            "--negative-volumes, or both")
+    site = negatives = None
     if args.images or args.masks:
         if not (args.images and args.masks):
             raise LightSegError("--images and --masks go together")
@@ -80,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.pairs:
         volumes, labels = read_pairs_csv(args.pairs)
         site, source = site_from_volumes(volumes, labels, base, args.segment), str(args.pairs)
-    else:
+    elif args.volumes or args.labels:
         if not (args.volumes and args.labels):
             raise LightSegError("--volumes and --labels go together")
         from ..io import pair_by_name
@@ -88,9 +94,12 @@ def run(args: argparse.Namespace) -> int:
         pairs = pair_by_name(args.volumes, args.labels)
         site = site_from_volumes([v for v, _ in pairs], [lab for _, lab in pairs], base, args.segment)
         source = str(args.volumes)
-    check_site_data(site, source)
-    if site.summary.get("label_source"):
-        print(f"labels: {', '.join(site.summary['label_source'])}", file=sys.stderr)
+    if site is not None:
+        check_site_data(site, source)
+        if site.summary.get("label_source"):
+            print(f"labels: {', '.join(site.summary['label_source'])}", file=sys.stderr)
+    if args.negative_volumes:
+        negatives = site_from_negatives(args.negative_volumes, base)
 
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, minutes=args.minutes, patience=args.patience,
                       freeze_batchnorm=True, anchor_weight=args.anchor,
@@ -111,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
         bar.set_postfix(loss=f"{record.loss:.3f}", val_dice=f"{record.val_infnet_dice:.3f}")
 
-    request = FinetuneRequest(base, args.name, site, args.val_fraction, output_dir=output)
+    request = FinetuneRequest(base, args.name, site, args.val_fraction, output_dir=output, negatives=negatives)
     try:
         path, result, comparison = run_finetune(request, cfg, describe_command(), on_epoch, stop)
     finally:
@@ -122,7 +131,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary), flush=True)
     else:
         print(f"saved {args.name} ({result.stopped} after {len(result.history)} epochs, {result.seconds:.0f} s): "
-              f"held-out Inf-Net Dice {comparison['parent']['infnet_dice']:.4f} ({base.id}) -> "
-              f"{comparison['new'].get('infnet_dice', float('nan')):.4f} ({args.name}) on "
-              f"{comparison['held_out_slices']} slices")
+              + held_out_line(comparison, base.id, args.name))
     return 0

@@ -29,6 +29,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="pseudo-labelled slices added to each step's batch (default 4)")
     p.add_argument("--pseudo-weight", type=float, default=1.0, metavar="W",
                    help="weight of the pseudo-labelled slices' loss (default 1)")
+    p.add_argument("--negative-volumes", type=Path, action="append", metavar="DIR",
+                   help="folder of CTs without infection (files or DICOM folders; NAME_lesions.* beside a CT marks "
+                        "lesions whose slices are left out), cut as the engine cuts them; repeatable")
+    p.add_argument("--slice-labelled-volumes", type=Path, action="append", metavar="DIR",
+                   help="folder of CTs with NAME_slice_labels.csv beside each: clear slices teach no infection; "
+                        "repeatable")
+    p.add_argument("--infected-slices", choices=("teacher", "skip"), default="teacher",
+                   help="slice-labelled CTs' infected slices: the --teacher model's cleaned probability as target "
+                        "(default), or left out")
+    p.add_argument("--teacher", help="model whose output labels infected CT slices (default: --init)")
+    p.add_argument("--ct-per-step", type=int, default=4, metavar="N",
+                   help="CT slices (negative and slice-labelled) added to each step's batch (default 4)")
+    p.add_argument("--ct-weight", type=float, default=1.0, metavar="W",
+                   help="weight of the CT slices' loss (default 1)")
     p.add_argument("--name", required=True, help="model id, also the output file names")
     p.add_argument("-o", "--output", type=Path, help="output folder (default: the user model store)")
     p.add_argument("--init", help="start from this model's weights (id or card path)")
@@ -115,11 +129,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise LightSegError("give --images and --masks, or --volumes and --labels")
     pseudo, pseudo_description = _pseudo_slices(args)
+    input_size = args.input_size or recipe["input_size"]
+    ct, ct_description = _ct_slices(args, window, input_size, init)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      input_size=args.input_size or recipe["input_size"], seed=args.seed,
+                      input_size=input_size, seed=args.seed,
                       class_weights=args.class_weights, dice_weight=args.dice_weight, tversky_beta=args.tversky_beta,
                       minutes=args.minutes, device=str(pick_device(args.device)),
                       pseudo_per_step=args.pseudo_per_step if pseudo else 0, pseudo_weight=args.pseudo_weight,
+                      ct_per_step=args.ct_per_step if ct else 0, ct_weight=args.ct_weight,
                       augment=AugmentConfig(min_contrast=args.min_contrast))
     request = TrainRequest(
         arch=args.arch, name=args.name, output_dir=output, data=data,
@@ -127,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, val_fold=args.val_fold, keep=args.keep, init=init,
         hu_window=window, test_time_flips=flips,
         postprocessing=dict(init.postprocessing) if init else RECOMMENDED_POSTPROCESSING.to_card(), version=args.version, description=args.description,
-        pseudo=pseudo, pseudo_description=pseudo_description)
+        pseudo=pseudo, pseudo_description=pseudo_description, ct=ct, ct_description=ct_description)
     path, result = run_training(request, cfg, describe_command(), on_epoch=print_epoch)
     print(f"saved {path} (epoch {result.best_epoch if args.keep == 'best' else len(result.history)} kept, "
           f"{result.stopped}, {result.seconds / 60:.1f} min)")
@@ -151,3 +168,41 @@ def _pseudo_slices(args: argparse.Namespace) -> tuple[SliceSet | None, dict | No
     pseudo = load_image_folders(args.pseudo_images, args.pseudo_masks, soft=True)
     return pseudo, {"images": str(args.pseudo_images), "masks": str(args.pseudo_masks), "slices": len(pseudo),
                     "labelled_by": read_provenance(args.pseudo_masks)}
+
+
+def _ct_slices(args: argparse.Namespace, window, input_size: int, init) -> tuple[SliceSet | None, dict | None]:
+    """The CT slices of --negative-volumes and --slice-labelled-volumes, cut as the engine cuts them, and their
+    summary (counts and folders), or (None, None)."""
+    if not (args.negative_volumes or args.slice_labelled_volumes):
+        return None, None
+    if window is None:
+        raise LightSegError("CT slices need an HU window: --hu-window-from, or --init with a model that has one")
+    if args.ct_per_step < 1:
+        raise LightSegError("--ct-per-step must be at least 1", args.ct_per_step)
+    from ..training.ct_slices import ct_inputs, ct_name, negative_ct_slices, slice_labelled_ct_slices
+    from ..training.slices import SliceSet
+
+    size = (input_size, input_size)
+    data, description = SliceSet(), {}
+    if args.negative_volumes:
+        paths = [p for folder in args.negative_volumes for p in ct_inputs(folder)]
+        negatives = negative_ct_slices(paths, window, size)
+        data.extend(negatives.slices)
+        description["negative_volumes"] = {"folders": [str(f) for f in args.negative_volumes],
+                                           "cts": [ct_name(p) for p in paths], **negatives.summary}
+    if args.slice_labelled_volumes:
+        teacher = None
+        if args.infected_slices == "teacher":
+            from .. import registry
+            from ..engine import Segmenter
+
+            teacher_card = registry.resolve(args.teacher) if args.teacher else init
+            if teacher_card is None:
+                raise LightSegError("--infected-slices teacher needs --teacher or --init")
+            teacher = Segmenter(teacher_card, args.device)
+        paths = [p for folder in args.slice_labelled_volumes for p in ct_inputs(folder)]
+        labelled = slice_labelled_ct_slices(paths, window, size, teacher)
+        data.extend(labelled.slices)
+        description["slice_labelled_volumes"] = {"folders": [str(f) for f in args.slice_labelled_volumes],
+                                                 "cts": [ct_name(p) for p in paths], **labelled.summary}
+    return data, description

@@ -41,6 +41,8 @@ class TrainConfig:
     trainable: tuple[str, ...] = ()  # modules (parameter-name prefixes) to train, empty for all; the rest stay fixed
     pseudo_per_step: int = 0  # pseudo-labelled slices added to every step's batch (semi-supervised training)
     pseudo_weight: float = 1.0  # weight of their loss against the labelled slices' loss
+    ct_per_step: int = 0  # CT slices cut by the engine (training/ct_slices.py) added to every step's batch
+    ct_weight: float = 1.0  # weight of their loss against the labelled slices' loss
     device: str = "cpu"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -161,8 +163,9 @@ def _set_batchnorm_eval(model: nn.Module) -> None:
             module.eval()
 
 
-class PseudoStream:
-    """Pseudo-labelled slices handed out ``count`` at a time in a seeded order, reshuffled after each full pass."""
+class SliceStream:
+    """Extra training slices (pseudo-labelled, or cut from CTs) handed out ``count`` at a time in a seeded order,
+    reshuffled after each full pass."""
 
     def __init__(self, data: SliceSet, size: int, device: torch.device, gen: torch.Generator) -> None:
         self.images, self.targets = (t.to(device) for t in data.as_tensors(size))
@@ -181,14 +184,15 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
           on_epoch: Callable[[EpochRecord], None] | None = None,
           should_stop: Callable[[], bool] | None = None,
           reference: tuple[torch.Tensor, torch.Tensor] | None = None,
-          pseudo: SliceSet | None = None) -> TrainResult:
+          pseudo: SliceSet | None = None, ct: SliceSet | None = None) -> TrainResult:
     """Train ``model`` in place; returns the state with the best validation Inf-Net Dice (or the last one).
 
     ``reference`` is (inputs, teacher probabilities): with ``cfg.reference_weight`` each step also fits a batch of
     them, so the model keeps the teacher's behaviour there.
 
     ``pseudo`` holds pseudo-labelled slices: with ``cfg.pseudo_per_step`` each step's batch also carries that many
-    of them (augmented alike, in the same forward pass), their loss weighted by ``cfg.pseudo_weight``.
+    of them (augmented alike, in the same forward pass), their loss weighted by ``cfg.pseudo_weight``; ``ct`` holds
+    slices cut from CT volumes by the engine, ``cfg.ct_per_step`` of them a step, weighted by ``cfg.ct_weight``.
 
     Stops early, after validating the current partial epoch, when ``should_stop()`` turns true ("stop requested") or
     the time budget ``cfg.minutes`` is spent ("time budget"), both checked after every step.
@@ -203,7 +207,11 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
         reference_x, reference_p = (t.to(device) for t in reference)
     else:
         reference_x = reference_p = None
-    stream = PseudoStream(pseudo, cfg.input_size, device, gen) if pseudo is not None and cfg.pseudo_per_step else None
+    extras = []  # (stream, slices a step, loss weight)
+    if pseudo is not None and cfg.pseudo_per_step:
+        extras.append((SliceStream(pseudo, cfg.input_size, device, gen), cfg.pseudo_per_step, cfg.pseudo_weight))
+    if ct is not None and cfg.ct_per_step:
+        extras.append((SliceStream(ct, cfg.input_size, device, gen), cfg.ct_per_step, cfg.ct_weight))
     weights = class_weights(cfg.class_weights, train_set.infection_fraction()).to(device)
     for name, p in model.named_parameters():  # no weight gradients for the layers that stay fixed
         p.requires_grad_(not cfg.trainable or in_stages(name, cfg.trainable))
@@ -235,20 +243,23 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
             if len(idx) < 2 and not cfg.freeze_batchnorm:
                 continue  # BatchNorm cannot train on a batch of one
             x, y = augment(images[idx], targets[idx], cfg.augment, gen)
-            if stream is not None:
-                x_pseudo, y_pseudo = augment(*stream.take(cfg.pseudo_per_step), cfg.augment, gen)
-                x, y = torch.cat([x, x_pseudo]), torch.cat([y, y_pseudo])
+            sizes, loss_weights = [len(idx)], [1.0]
+            for stream, count, weight in extras:
+                x_extra, y_extra = augment(*stream.take(count), cfg.augment, gen)
+                x, y = torch.cat([x, x_extra]), torch.cat([y, y_extra])
+                sizes.append(count)
+                loss_weights.append(weight)
             lr = cfg.lr * (1 - _progress(step, total_steps, time.monotonic() - start, cfg.minutes)) ** 0.9
             for group in optimiser.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, enabled=use_amp):
                 outputs = model(normalise_input(x, spec.mean, spec.std))
-            labelled = len(idx)
-            loss = segmentation_loss(tuple(o[:labelled] for o in outputs), y[:labelled], spec, weights,
-                                     cfg.dice_weight, cfg.tversky_beta)
-            if stream is not None:
-                loss = loss + cfg.pseudo_weight * segmentation_loss(tuple(o[labelled:] for o in outputs), y[labelled:],
-                                                                    spec, weights, cfg.dice_weight, cfg.tversky_beta)
+            loss, first = x.new_zeros(()), 0
+            for size, weight in zip(sizes, loss_weights):  # each group's loss, in the batch's order
+                part = slice(first, first + size)
+                loss = loss + weight * segmentation_loss(tuple(o[part] for o in outputs), y[part], spec, weights,
+                                                         cfg.dice_weight, cfg.tversky_beta)
+                first += size
             if reference_x is not None:
                 pick = torch.randint(len(reference_x), (cfg.batch_size,), generator=gen, device=device)
                 with torch.autocast(device.type, enabled=use_amp):

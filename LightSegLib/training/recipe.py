@@ -59,6 +59,8 @@ class TrainRequest:
     extra_card: dict = field(default_factory=dict)
     pseudo: SliceSet | None = None  # pseudo-labelled slices mixed into every step (TrainConfig.pseudo_per_step)
     pseudo_description: dict | None = None
+    ct: SliceSet | None = None  # slices cut from CT volumes by the engine (TrainConfig.ct_per_step), never validated on
+    ct_description: dict | None = None
 
 
 def inference_state(state: dict[str, torch.Tensor], architecture: str) -> dict[str, torch.Tensor]:
@@ -109,7 +111,7 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
     architecture = ARCH_DEFAULTS[request.arch]["architecture"]
     torch.manual_seed(cfg.seed)  # the initial weights of a model trained from scratch come from the seed too
     model = _training_network(request.arch, request.init)
-    result = train(model, spec, train_set, val_set, cfg, on_epoch=on_epoch, pseudo=request.pseudo)
+    result = train(model, spec, train_set, val_set, cfg, on_epoch=on_epoch, pseudo=request.pseudo, ct=request.ct)
     state = result.best_state if request.keep == "best" else {k: v.cpu() for k, v in model.state_dict().items()}
     inference_config = inference_arch_config(model)
     inference_model = build_model(architecture, inference_config)
@@ -136,6 +138,8 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
             "command": shlex.join(command),
             "data": request.data_description,
             "pseudo_labelled_data": request.pseudo_description,
+            "ct_data": request.ct_description,
+            "trained_on_cts": trained_on_cts(request),
             "train_slices": len(train_set),
             "validation_slices": len(val_set),
             "validation_names": val_set.names,
@@ -166,6 +170,14 @@ def run_training(request: TrainRequest, cfg: TrainConfig, command: list[str],
     )
     path = save_model(card, inference_model.state_dict(), request.output_dir)
     return path, result
+
+
+def trained_on_cts(request: TrainRequest) -> list[str]:
+    """The CTs (file or folder names) the weights learnt from: this run's CT slices and every ancestor's, so a
+    benchmark can tell which of its CTs are evidence for the model."""
+    own = {name for part in (request.ct_description or {}).values() for name in part.get("cts", [])}
+    inherited = set((request.init.training or {}).get("trained_on_cts", [])) if request.init else set()
+    return sorted(own | inherited)
 
 
 def inference_arch_config(model: torch.nn.Module) -> dict:
