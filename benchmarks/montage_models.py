@@ -27,7 +27,8 @@ from LightSegLib.engine import Segmenter  # noqa: E402
 from LightSegLib.io import INFECTION, read_image  # noqa: E402
 from LightSegLib.montage import render_slice  # noqa: E402
 from LightSegLib.report import volume_measurements  # noqa: E402
-from montage_postprocessing import _crop, most_infected_slices  # noqa: E402
+from LightSegLib.training.ct_slices import read_lesions  # noqa: E402
+from montage_postprocessing import crop_to_lungs, most_infected_slices  # noqa: E402
 from volume_benchmark import DATA, case_folders  # noqa: E402
 
 LESION_COLOUR = np.array([255, 220, 0], np.uint8)
@@ -59,7 +60,7 @@ def main() -> None:
             tile = render_slice(hu[z], labels[z] == INFECTION, lungs[z])
             if lesions is not None:
                 tile[lesions[z]] = LESION_COLOUR
-            tiles.append(_crop(tile, lungs))
+            tiles.append(crop_to_lungs(tile, lungs))
         rows.append(np.concatenate(tiles, axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.output)
     found = ", ".join(f"{m} {volume_measurements(r)['infection_ml']:.1f} mL" for m, r in zip(args.models, results))
@@ -73,8 +74,7 @@ def _lesions(folder: Path, image: sitk.Image, view) -> np.ndarray | None:
         return None
     from scipy import ndimage
 
-    lesions = sitk.Resample(sitk.ReadImage(str(path)), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    mask = view.to_canonical(sitk.GetArrayViewFromImage(lesions)) > 0
+    mask = view.to_canonical(read_lesions(path, image))
     return mask & ~ndimage.binary_erosion(mask, np.ones((1, 3, 3), bool))
 
 

@@ -52,7 +52,7 @@ def main() -> None:
     rows = []
     for result in (before, after):
         labels = view.to_canonical(sitk.GetArrayViewFromImage(result.labels))
-        rows.append(np.concatenate([_crop(render_slice(hu[z], labels[z] == INFECTION, lungs[z]), lungs)
+        rows.append(np.concatenate([crop_to_lungs(render_slice(hu[z], labels[z] == INFECTION, lungs[z]), lungs)
                                     for z in picks], axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.output)
     print(f"{args.output}: slices {[int(z) for z in picks]} (canonical index, from the lowest up); "
@@ -74,7 +74,7 @@ def most_infected_slices(result: Segmentation, image: sitk.Image, count: int,
     return sorted(int(z) for z in np.flatnonzero(candidates)[np.argsort(-area[candidates])][:count])
 
 
-def _crop(tile: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+def crop_to_lungs(tile: np.ndarray, lungs: np.ndarray) -> np.ndarray:
     """The tile cut to the lungs' box over the whole scan, so every column shows the same region."""
     rows, cols = np.flatnonzero(lungs.any(axis=(0, 2))), np.flatnonzero(lungs.any(axis=(0, 1)))
     return tile[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]

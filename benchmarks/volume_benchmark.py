@@ -125,12 +125,12 @@ def outside_lesions_ml(result, image, lesions_path: Path) -> float:
     from scipy import ndimage
 
     from LightSegLib.io import INFECTION
+    from LightSegLib.training.ct_slices import read_lesions
 
-    lesions = sitk.Resample(sitk.ReadImage(str(lesions_path)), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     infection = sitk.GetArrayViewFromImage(result.labels) == INFECTION
     if not infection.any():
         return 0.0
-    lesion = sitk.GetArrayViewFromImage(lesions) > 0
+    lesion = read_lesions(lesions_path, image)
     spacing = image.GetSpacing()[::-1]
     distance = ndimage.distance_transform_edt(~lesion, sampling=spacing) if lesion.any() else None
     far = infection if distance is None else infection & (distance > LESION_MARGIN_MM)

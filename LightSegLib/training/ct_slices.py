@@ -108,8 +108,9 @@ def network_targets(scan: LungCrops, canonical: np.ndarray, size: tuple[int, int
     return np.concatenate(out)
 
 
-def near_lesion_slices(image: sitk.Image, scan: LungCrops, lesions_path: Path, margin_mm: float) -> np.ndarray:
-    """Boolean per canonical slice: within ``margin_mm`` of a voxel of the lesion file (resampled onto the CT)."""
+def read_lesions(lesions_path: Path, image: sitk.Image) -> np.ndarray:
+    """A lesion file (nonzero = lesion) resampled onto the CT's grid by physical position: a boolean array in
+    SimpleITK order; an unreadable or non-3D file is one line naming it."""
     try:
         lesions = sitk.ReadImage(str(lesions_path))
     except RuntimeError:
@@ -117,7 +118,12 @@ def near_lesion_slices(image: sitk.Image, scan: LungCrops, lesions_path: Path, m
     if lesions.GetDimension() != 3:
         raise LightSegError("lesion mask is not a 3D image", lesions_path)
     lesions = sitk.Resample(lesions, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    canonical = scan.view.to_canonical(sitk.GetArrayViewFromImage(lesions)) > 0
+    return sitk.GetArrayFromImage(lesions) > 0
+
+
+def near_lesion_slices(image: sitk.Image, scan: LungCrops, lesions_path: Path, margin_mm: float) -> np.ndarray:
+    """Boolean per canonical slice: within ``margin_mm`` of a voxel of the lesion file (resampled onto the CT)."""
+    canonical = scan.view.to_canonical(read_lesions(lesions_path, image))
     with_lesion = canonical.any(axis=(1, 2))
     positions = axial_positions(image, scan.view)
     if not with_lesion.any():
