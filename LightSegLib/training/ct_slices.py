@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -85,27 +85,25 @@ def read_scan(path: Path) -> tuple[sitk.Image, LungCrops]:
     return loaded.image, scan
 
 
-def network_slices(scan: LungCrops, window: HUWindow, size: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) float32 network inputs in [0, 1] of every lung slice, as the engine makes them."""
+def _lung_slice_batches(scan: LungCrops) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(canonical slice indices, their crop affines) of the scan's lung slices, BATCH at a time."""
     height, width = scan.hu.shape[1:]
     to_crop, _ = crop_affines(scan.crops.boxes, height, width)
-    out = []
     for start in range(0, len(scan.crops.slices), BATCH):
-        z = scan.crops.slices[start:start + BATCH]
-        out.append(crops_for_network(scan.hu[z], to_crop[start:start + BATCH], window, size)[:, 0].numpy())
-    return np.concatenate(out)
+        yield scan.crops.slices[start:start + BATCH], to_crop[start:start + BATCH]
+
+
+def network_slices(scan: LungCrops, window: HUWindow, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) float32 network inputs in [0, 1] of every lung slice, as the engine makes them."""
+    return np.concatenate([crops_for_network(scan.hu[z], theta, window, size)[:, 0].numpy()
+                           for z, theta in _lung_slice_batches(scan)])
 
 
 def network_targets(scan: LungCrops, canonical: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A canonical (S, P, L) float map cut and resampled to the lung slices' network grids (bilinear, zero outside)."""
-    height, width = scan.hu.shape[1:]
-    to_crop, _ = crop_affines(scan.crops.boxes, height, width)
-    out = []
-    for start in range(0, len(scan.crops.slices), BATCH):
-        z = scan.crops.slices[start:start + BATCH]
-        values = torch.from_numpy(np.ascontiguousarray(canonical[z], dtype=np.float32))[:, None]
-        out.append(resample(values, to_crop[start:start + BATCH], size)[:, 0].numpy())
-    return np.concatenate(out)
+    return np.concatenate([
+        resample(torch.from_numpy(np.ascontiguousarray(canonical[z], dtype=np.float32))[:, None], theta, size)[:, 0]
+        .numpy() for z, theta in _lung_slice_batches(scan)])
 
 
 def read_lesions(lesions_path: Path, image: sitk.Image) -> np.ndarray:
