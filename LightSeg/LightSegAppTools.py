@@ -12,9 +12,10 @@ import slicer
 from LightSegLogic import MODULE_DIR
 
 
-# LightSegLib's pure-Python needs beyond what Slicer ships; SimpleITK, numpy and VTK are Slicer's own and are never
-# installed or upgraded by LightSeg
-EXTRA_PACKAGES = {"scipy": "scipy", "slicerio": "slicerio", "tqdm": "tqdm", "PIL": "pillow"}
+# LightSegLib's needs beyond what Slicer ships (import name: pip package; all have wheels for Slicer's Python);
+# SimpleITK, numpy and VTK are Slicer's own and are never installed or upgraded by LightSeg
+EXTRA_PACKAGES = {"scipy": "scipy", "cc3d": "connected-components-3d", "slicerio": "slicerio", "tqdm": "tqdm",
+                  "PIL": "pillow"}
 
 
 def ensureDependencies():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from .preprocess import lung_crops
+from .lung_crops import lung_crops
 
 QUANTILES = np.linspace(0.0005, 0.9995, 1000)
 LEVELS = np.arange(-1000.0, 200.0 + 1, 5.0)

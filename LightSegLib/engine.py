@@ -23,7 +23,8 @@ from .lungs import LungMask, field_of_view_cuts
 from .models.inference import inference_form
 from .network import forward_probability, predict_image
 from .postprocess import PostProcessing, clean_infection
-from .preprocess import SliceBoxes, crop_affines, crops_for_network, lung_crops, resample, restrict_to_window
+from .lung_crops import LungCrops, SliceBoxes, lung_crops
+from .preprocess import crop_affines, crops_for_network, resample, restrict_to_window
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
@@ -73,7 +74,7 @@ class Segmenter:
 
     def _forward(self, x01: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            return forward_probability(self.model, self.spec, x01).float()
+            return forward_probability(self.model, self.spec, x01, torch.channels_last).float()
 
     def _clean(self, labels_c: np.ndarray, hu: np.ndarray, lungs: LungMask, crops: SliceBoxes,
                spacing: tuple[float, float, float]) -> dict[str, dict[str, float]]:
@@ -91,10 +92,10 @@ class Segmenter:
         return removed
 
     def segment(self, image: sitk.Image, is_2d: bool, progress: Progress | None = None, cancel: Cancel | None = None,
-                probabilities: np.ndarray | None = None) -> Segmentation:
+                probabilities: np.ndarray | None = None, scan: LungCrops | None = None) -> Segmentation:
         if is_2d:
             return self.segment_slice(image, probabilities)
-        return self.segment_volume(image, progress, cancel, probabilities)
+        return self.segment_volume(image, progress, cancel, probabilities, scan)
 
     def segment_slice(self, image: sitk.Image, probabilities: np.ndarray | None = None) -> Segmentation:
         """A 2D 8-bit slice, already windowed and lung-cropped like the training slices: pixel / 255."""
@@ -108,15 +109,20 @@ class Segmenter:
         return Segmentation(labels, None, None, 1, 1, {"inference": time.perf_counter() - start}, self.spec.flips)
 
     def segment_volume(self, image: sitk.Image, progress: Progress | None = None, cancel: Cancel | None = None,
-                       probabilities: np.ndarray | None = None) -> Segmentation:
-        """A CT volume in HU, in any orientation; ``probabilities`` (same shape as the image array) is filled if given."""
+                       probabilities: np.ndarray | None = None, scan: LungCrops | None = None) -> Segmentation:
+        """A CT volume in HU, in any orientation; ``probabilities`` (same shape as the image array) is filled if given.
+
+        ``scan`` is ``lung_crops(image)`` when the caller already has it (``lightseg segment`` computes it while torch
+        loads); the lung mask does not depend on the model.
+        """
         if self.card.hu_window is None:
             raise LightSegError("model card has no HU window, so it segments 2D slices only", self.card.path)
-        timings: dict[str, float] = {}
-        tic = time.perf_counter()
-        scan = lung_crops(image)
+        if scan is None:
+            scan = lung_crops(image)
+        elif scan.image is not image:
+            raise ValueError("the lung crops given were computed on another image")
         view, hu, lungs, crops = scan.view, scan.hu, scan.lungs, scan.crops
-        timings["lung_mask"] = time.perf_counter() - tic
+        timings: dict[str, float] = {"lung_mask": scan.seconds}
 
         tic = time.perf_counter()
         labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)

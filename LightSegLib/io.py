@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicerio
 
-from .dicom_series import choose_series
+from .dicom_series import SeriesChoice, choose_series
 from .errors import LightSegError
 
 # ITK prints warnings straight to stderr; LightSeg reports problems itself, one line each.
@@ -69,11 +69,16 @@ def suffix_of(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, str, tuple[str, ...]]:
+def dicom_series(folder: Path) -> SeriesChoice:
+    """The series a DICOM folder holds, from the headers alone (one-line error for an empty or unusable folder)."""
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if not entries:
         raise LightSegError("folder is empty", folder)
-    series = choose_series(folder)
+    return choose_series(folder)
+
+
+def _read_dicom_folder(folder: Path, series: SeriesChoice | None) -> tuple[sitk.Image, str, tuple[str, ...]]:
+    series = series or dicom_series(folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(series.files)
     try:
@@ -89,13 +94,17 @@ def _first_line(exc: Exception) -> str:
     return (useful[-1] if useful else type(exc).__name__)[:200]
 
 
-def read_image(path: str | Path) -> LoadedImage:
-    """Read a CT volume (file or DICOM folder) or a 2D slice; bad input raises a one-line ``LightSegError``."""
+def read_image(path: str | Path, series: SeriesChoice | None = None) -> LoadedImage:
+    """Read a CT volume (file or DICOM folder) or a 2D slice; bad input raises a one-line ``LightSegError``.
+
+    ``series`` is ``dicom_series(path)`` when the caller has it already (parsing headers is Python work that holds
+    the GIL; decoding the pixels is not).
+    """
     path = Path(path)
     if not path.exists():
         raise LightSegError("no such file or folder", path)
     if path.is_dir():
-        image, note, files = _read_dicom_folder(path)
+        image, note, files = _read_dicom_folder(path, series)
         return _checked(LoadedImage(image, path, False, note, files))
     try:
         image = sitk.ReadImage(str(path))

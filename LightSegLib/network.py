@@ -55,10 +55,12 @@ def infection_probability(logits: torch.Tensor, activation: str, channel: int = 
     return torch.softmax(logits.float(), dim=1)[:, channel]
 
 
-def forward_probability(model: torch.nn.Module, spec: InputSpec, x01: torch.Tensor) -> torch.Tensor:
+def forward_probability(model: torch.nn.Module, spec: InputSpec, x01: torch.Tensor,
+                        memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
     """Run ``model`` on (B,1,H,W) [0, 1] intensities already at the input size; returns (B,H,W) probabilities,
-    averaged over the plain pass and one pass per test-time flip in ``spec.flips`` (each flipped back)."""
-    x = normalise_input(x01, spec.mean, spec.std)
+    averaged over the plain pass and one pass per test-time flip in ``spec.flips`` (each flipped back).
+    ``memory_format`` is the model's (the engine's is channels_last: its input then needs no conversion)."""
+    x = normalise_input(x01, spec.mean, spec.std).contiguous(memory_format=memory_format)
     total = infection_probability(model(x)[0], spec.activation, spec.infection_channel)
     for flip in spec.flips:
         axis = FLIP_AXES[flip]

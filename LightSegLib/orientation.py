@@ -18,19 +18,25 @@ CENTRAL_BAND = 0.3  # of the lungs' width on each side of the middle: the medias
 def spine_offset_mm(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float]) -> float | None:
     """How far behind the lungs' centre (mm, canonical P axis) the bone between the lungs lies, in the middle half
     of the lung slices; None without lungs or bone. The vertebral bodies outweigh the sternum many times."""
-    slices = np.flatnonzero(lungs.any(axis=(1, 2)))
+    per_row = lungs.sum(axis=2, dtype=np.int32)  # (S, P) lung voxels per row: one pass over the mask
+    slices = np.flatnonzero(per_row.any(axis=1))
     if slices.size < 4:
         return None
     middle = slices[slices.size // 4: 3 * slices.size // 4]
-    rows = np.flatnonzero(lungs.any(axis=(0, 2)))
-    columns = np.flatnonzero(lungs.any(axis=(0, 1)))
+    rows = np.flatnonzero(per_row.any(axis=0))
+    columns = np.flatnonzero(lungs[slices[0]:slices[-1] + 1].any(axis=(0, 1)))
     centre, half = (columns[0] + columns[-1]) / 2, CENTRAL_BAND * (columns[-1] - columns[0])
-    band = (slice(None), slice(rows[0], rows[-1] + 1), slice(int(centre - half), int(centre + half) + 1))
-    bone_rows = np.nonzero(hu[middle][band] > BONE_HU)[1]
-    if bone_rows.size == 0:
+    band = hu[:, rows[0]:rows[-1] + 1, int(centre - half):int(centre + half) + 1][middle]
+    bone_per_row = (band > BONE_HU).sum(axis=(0, 2))
+    if not bone_per_row.any():
         return None
-    lung_rows = np.nonzero(lungs[middle])[1]
-    return float((bone_rows.mean() + rows[0] - lung_rows.mean()) * spacing[1])
+    lung_per_row = per_row[middle].sum(axis=0)
+    return float((_mean_index(bone_per_row) + rows[0] - _mean_index(lung_per_row)) * spacing[1])
+
+
+def _mean_index(counts: np.ndarray) -> float:
+    """The mean position of the items counted per index (exact: integer sums)."""
+    return float(counts @ np.arange(counts.size) / counts.sum())
 
 
 def faces_down(hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float]) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import SimpleITK as sitk
 
 from . import io, registry
 from .engine import Cancel, Progress, Segmentation, Segmenter
+from .read_ahead import ReadAhead
 from .errors import LightSegError
 from .geometry import image_from_array
 from .report import build_report
@@ -93,19 +93,18 @@ def _write_dicom(request: SegmentRequest, result: Segmentation, sources: list, r
 
 
 def segment_file(request: SegmentRequest, progress: Progress | None = None, cancel: Cancel | None = None,
-                 segmenter: Segmenter | None = None, read_ahead: Future[io.LoadedImage] | None = None
-                 ) -> SegmentOutcome:
+                 segmenter: Segmenter | None = None, read_ahead: ReadAhead | None = None) -> SegmentOutcome:
     """Validate, read, segment and write; raises ``LightSegError`` with one line for any bad input.
 
-    ``read_ahead`` is the input already being read (see ``commands/segment.py``); "read" is then the time spent
-    waiting for it.
+    ``read_ahead`` is the input already being read and its lungs found (``read_ahead.py``); "read" is then the time
+    spent waiting for the reading, "lung_mask" the lung mask's own time.
     """
     start = time.perf_counter()
     check_outputs(request)
     segmenter = segmenter or Segmenter(registry.resolve(request.model), request.device, request.batch_size,
                                        request.test_time_flips)
     tic = time.perf_counter()
-    loaded = read_ahead.result() if read_ahead is not None else io.read_image(request.input)
+    loaded = read_ahead.reading.result() if read_ahead is not None else io.read_image(request.input)
     sources = None
     if io.suffix_of(request.output) == io.DICOM_SUFFIX:
         from .dicom_out import read_source_series
@@ -119,7 +118,8 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
 
     shape = sitk.GetArrayViewFromImage(loaded.image).shape
     probabilities = np.zeros(shape, np.float32) if request.probabilities is not None else None
-    result = segmenter.segment(loaded.image, loaded.is_2d, progress, cancel, probabilities)
+    scan = read_ahead.scanning.result() if read_ahead is not None else None
+    result = segmenter.segment(loaded.image, loaded.is_2d, progress, cancel, probabilities, scan)
     warnings = []
     if result.lungs is not None and not result.lungs.lungs.any():
         warnings.append(f"{request.input}: no lungs found; the mask is empty")

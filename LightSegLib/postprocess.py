@@ -21,7 +21,6 @@ import numpy as np
 
 SOLID_MIN_HU = -200.0  # outside the lungs and at least this dense: organ or muscle, not air or fat
 DOME_MIN_SUPPORT = 0.5
-_CONNECTIVITY = np.ones((3, 3, 3), bool)
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,8 @@ def clean_infection(infection: np.ndarray, hu: np.ndarray, lungs: np.ndarray, sp
 
     Returns, per rule that removed anything, the number of components and their volume in mL (for the report).
     """
-    from scipy import ndimage  # here, not at import: every model card load imports this module
+    import cc3d  # here, not at import: every model card load imports this module
+    from scipy import ndimage
 
     removed: dict[str, dict[str, float]] = {}
     if not settings.active or not infection.any():
@@ -80,7 +80,7 @@ def clean_infection(infection: np.ndarray, hu: np.ndarray, lungs: np.ndarray, sp
     # label inside the infection's bounding box only: labelling the whole volume is most of the time
     region = tuple(slice(int(hits[0]), int(hits[-1]) + 1)
                    for hits in (np.flatnonzero(infection.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))))
-    labels, _ = ndimage.label(infection[region], _CONNECTIVITY)
+    labels = cc3d.connected_components(infection[region], connectivity=26)  # ndimage.label's, 3x faster
     voxel_mm3 = float(np.prod(spacing))
     for index, local in enumerate(ndimage.find_objects(labels), start=1):
         component = labels[local] == index

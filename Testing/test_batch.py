@@ -196,3 +196,22 @@ def test_batch_writes_dicom_segmentations_for_dicom_studies(tmp_path):
     seg = pydicom.dcmread(out / "P001.dcm")
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and len(seg.SegmentSequence) == 2
     assert json.loads((out / "P001.json").read_text())["batch"]["format"] == "dcm"
+
+
+def test_a_single_worker_reads_the_next_study_while_the_current_one_runs(tree, tmp_path):
+    """With one worker, study B is read (and its lungs found) during study A; B's result equals ``segment``'s."""
+    from LightSegLib.batch.job import BatchSettings, StudyRunner
+    from LightSegLib.batch.studies import find_studies
+
+    studies = {study.id: study for study in find_studies(tree)}
+    first, second = studies["a/s1"], studies["b/s2"]
+    runner = StudyRunner(BatchSettings(str(tmp_path / "out"), device="cpu"))
+    assert runner.run(first, upcoming=second)["status"] == "done"
+    ahead = runner._ahead
+    assert ahead is not None and ahead.path == second.path
+    assert runner.run(second)["status"] == "done" and runner._ahead is None
+    assert runner.studies_read_ahead == 1 and ahead.scanning.result() is not None
+
+    single = run_cli("segment", second.path, "-o", tmp_path / "single.nrrd")
+    assert single.returncode == 0, single.stderr
+    assert np.array_equal(labels_of(tmp_path / "out" / "b" / "s2.nrrd"), labels_of(tmp_path / "single.nrrd"))

@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from LightSegLib.geometry import AxialView
 from LightSegLib.lungs import LEFT, RIGHT, lung_mask
-from LightSegLib.preprocess import lung_boxes
+from LightSegLib.lung_crops import lung_boxes
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_octagon_closing_is_close_to_a_disk(radius):
 def test_lung_crops_keep_their_hu_view_valid_after_the_caller_drops_the_image(p001):
     import gc
 
-    from LightSegLib.preprocess import lung_crops
+    from LightSegLib.lung_crops import lung_crops
 
     expected = sitk.GetArrayFromImage(p001)  # a copy, to compare with afterwards
     scan = lung_crops(sitk.Image(p001))  # a temporary copy only the result can keep alive
@@ -131,3 +131,35 @@ def test_a_patient_turned_face_down_is_recognised_by_the_spine(p001_lungs):
     assert faces_down(hu[:, ::-1, ::-1], mask.lungs[:, ::-1, ::-1], view.spacing)
     turned = mask.turned()
     assert ((turned.sides == RIGHT) == (mask.sides[:, ::-1, ::-1] == LEFT)).all()
+
+
+@pytest.mark.parametrize("step, dtype, shape", [(2, np.uint8, (3, 10, 14)), (2, bool, (3, 9, 13)),
+                                                (3, np.uint8, (3, 15, 16))])
+def test_upsampling_in_plane_repeats_each_voxel_into_its_block(step, dtype, shape):
+    """The one-pass upsampling (a byte doubled by multiplying by 257 for step 2) equals two ``np.repeat`` calls."""
+    from LightSegLib.lungs import upsample_in_plane
+
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 3, (shape[0], -(-shape[1] // step), -(-shape[2] // step))).astype(dtype)
+    expected = np.repeat(np.repeat(coarse, step, axis=1), step, axis=2)[:, :shape[1], :shape[2]]
+    fine = upsample_in_plane(coarse, step, shape)
+    assert fine.dtype == expected.dtype and fine.shape == shape
+    assert np.array_equal(fine, expected)
+
+
+def test_spine_offset_from_row_counts_equals_the_mean_over_voxels(p001_lungs):
+    """The spine offset, computed from per-row counts (one pass over the mask), is the mean-over-voxels formula."""
+    from LightSegLib.orientation import BONE_HU, CENTRAL_BAND, spine_offset_mm
+
+    hu, view, mask = p001_lungs
+    lungs = mask.lungs
+    slices = np.flatnonzero(lungs.any(axis=(1, 2)))
+    middle = slices[slices.size // 4: 3 * slices.size // 4]
+    rows = np.flatnonzero(lungs.any(axis=(0, 2)))
+    columns = np.flatnonzero(lungs.any(axis=(0, 1)))
+    centre, half = (columns[0] + columns[-1]) / 2, CENTRAL_BAND * (columns[-1] - columns[0])
+    band = hu[middle][:, rows[0]:rows[-1] + 1, int(centre - half):int(centre + half) + 1]
+    bone_rows = np.nonzero(band > BONE_HU)[1] + rows[0]
+    lung_rows = np.nonzero(lungs[middle])[1]
+    expected = (bone_rows.mean() - lung_rows.mean()) * view.spacing[1]
+    assert spine_offset_mm(hu, lungs, view.spacing) == pytest.approx(expected, abs=1e-9)

@@ -13,7 +13,7 @@ from LightSegLib.cards import ModelCard
 from LightSegLib.engine import Segmenter
 from LightSegLib.geometry import axial_positions
 from LightSegLib.io import INFECTION
-from LightSegLib.preprocess import lung_crops
+from LightSegLib.lung_crops import lung_crops
 from LightSegLib.training.ct_slices import negative_ct_slices, slice_labelled_ct_slices
 
 WINDOW = REPO / "Resources" / "Calibration" / "hu-window-P001.json"

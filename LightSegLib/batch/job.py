@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import LightSegError
 from ..io import remove_stale_temporaries, write_atomically
+from ..read_ahead import ReadAhead, start_reading
 from .studies import Study, fingerprint, output_paths
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
@@ -79,16 +81,28 @@ class StudyRunner:
             torch.set_num_threads(settings.threads)
         self.settings = settings
         self.segmenter = Segmenter(registry.resolve(settings.model), settings.device)
+        self._reader = ThreadPoolExecutor(max_workers=1)
+        self._ahead: ReadAhead | None = None  # the next study, being read while this one runs
+        self.studies_read_ahead = 0  # how many studies came from a read ahead
 
-    def run(self, study: Study) -> dict[str, Any]:
-        """Segment one study; never raises for a bad study. The row says how much memory this worker has peaked at."""
+    def run(self, study: Study, upcoming: Study | None = None) -> dict[str, Any]:
+        """Segment one study; never raises for a bad study. The row says how much memory this worker has peaked at.
+
+        ``upcoming`` is the study this runner gets next: it is read (and its lungs found) on a background thread
+        while this one runs through the network, which costs the memory of a second volume.
+        """
         import resource
 
-        row = self._run(study)
+        ahead = self._ahead if self._ahead is not None and self._ahead.path == study.path else None
+        self.studies_read_ahead += ahead is not None
+        if ahead is None and upcoming is not None:
+            ahead = start_reading(self._reader, study.path)  # queued first, so the upcoming read waits behind it
+        self._ahead = start_reading(self._reader, upcoming.path) if upcoming is not None else None
+        row = self._run(study, ahead)
         row["worker_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return row
 
-    def _run(self, study: Study) -> dict[str, Any]:
+    def _run(self, study: Study, ahead: ReadAhead | None) -> dict[str, Any]:
         from ..pipeline import SegmentRequest, segment_file
 
         start = time.perf_counter()
@@ -100,7 +114,7 @@ class StudyRunner:
                 remove_stale_temporaries(output)
             report_path.unlink(missing_ok=True)  # the report marks a finished study: gone until this one is
             request = SegmentRequest(study.path, mask_path, force=True)
-            outcome = segment_file(request, segmenter=self.segmenter)
+            outcome = segment_file(request, segmenter=self.segmenter, read_ahead=ahead)
             if outcome.warnings:  # no lungs: an empty mask is no result
                 mask_path.unlink(missing_ok=True)
                 return failed_row(study, outcome.warnings[0], time.perf_counter() - start)

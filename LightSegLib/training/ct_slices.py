@@ -27,7 +27,8 @@ import torch
 from ..errors import LightSegError
 from ..geometry import axial_positions
 from ..io import INFECTION, VOLUME_SUFFIXES, read_image, suffix_of
-from ..preprocess import LungCrops, crop_affines, crops_for_network, lung_crops, resample
+from ..lung_crops import LungCrops, lung_crops
+from ..preprocess import crop_affines, crops_for_network, resample
 from .slices import SliceSet
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ import torch
 from ..cards import ModelCard
 from ..io import read_image
 from ..network import forward_probability
-from ..preprocess import crop_affines, crops_for_network, lung_crops
+from ..lung_crops import lung_crops
+from ..preprocess import crop_affines, crops_for_network
 from ..sample import sample_path
 
 REFERENCE_SLICES = 32

@@ -134,7 +134,7 @@ def volume_slices(volume_paths: list[Path], label_paths: list[Path], window: HUW
                   segment: str = "Infection") -> VolumeSlices:
     """Lung-cropped, windowed axial slices with their infection masks; only slices with lung are kept."""
     from ..io import infection_mask_on_grid, read_image
-    from ..preprocess import lung_crops
+    from ..lung_crops import lung_crops
 
     result = SliceSet()
     notes: set[str] = set()
