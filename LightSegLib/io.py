@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 import slicerio
 
-from .dicom_series import SeriesChoice, choose_series
+from .dicom_series import SeriesChoice, choose_series, is_dicomdir
 from .errors import LightSegError
 
 # ITK prints warnings straight to stderr; LightSeg reports problems itself, one line each.
@@ -69,12 +69,17 @@ def suffix_of(path: Path) -> str:
     return path.suffix.lower()
 
 
-def dicom_series(folder: Path) -> SeriesChoice:
-    """The series a DICOM folder holds, from the headers alone (one-line error for an empty or unusable folder)."""
-    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    if not entries:
-        raise LightSegError("folder is empty", folder)
-    return choose_series(folder)
+def is_dicom_input(path: Path) -> bool:
+    """A folder (of a series, a study or a patient) or a DICOMDIR: read as DICOM."""
+    return path.is_dir() or is_dicomdir(path)
+
+
+def dicom_series(source: Path, wanted: str | None = None) -> SeriesChoice:
+    """The series of a DICOM input for the lungs (``wanted``: a SeriesInstanceUID or SeriesNumber), from the headers
+    alone; one-line error for an empty or unusable input."""
+    if source.is_dir() and not any(not p.name.startswith(".") for p in source.iterdir()):
+        raise LightSegError("folder is empty", source)
+    return choose_series(source, wanted)
 
 
 def _read_dicom_folder(folder: Path, series: SeriesChoice | None) -> tuple[sitk.Image, str, tuple[str, ...]]:
@@ -103,7 +108,7 @@ def read_image(path: str | Path, series: SeriesChoice | None = None) -> LoadedIm
     path = Path(path)
     if not path.exists():
         raise LightSegError("no such file or folder", path)
-    if path.is_dir():
+    if is_dicom_input(path):
         image, note, files = _read_dicom_folder(path, series)
         return _checked(LoadedImage(image, path, False, note, files))
     try:

@@ -34,6 +34,7 @@ class SegmentRequest:
     batch_size: int | None = None
     test_time_flips: tuple[str, ...] | None = None  # None: the model card's
     report_sr: Path | None = None  # a DICOM measurement report (needs a .dcm output: the Segmentation it references)
+    series: str | None = None  # a DICOM input's series (UID or number) instead of the one the rule picks
 
 
 @dataclass
@@ -56,7 +57,7 @@ def check_outputs(request: SegmentRequest) -> None:
             raise LightSegError("--report-sr references a DICOM Segmentation: give -o RESULT.dcm too",
                                 request.report_sr)
     if request.report_sr is not None or io.suffix_of(request.output) == io.DICOM_SUFFIX:
-        if not request.input.is_dir():
+        if not io.is_dicom_input(request.input):
             raise LightSegError("DICOM outputs need a DICOM series folder as input (there is no source series to "
                                 "reference); use .nrrd, .nii.gz or .seg.nrrd", request.input)
     paths = [p for p in (request.output, request.probabilities, request.report, request.report_sr) if p is not None]
@@ -104,7 +105,14 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     segmenter = segmenter or Segmenter(registry.resolve(request.model), request.device, request.batch_size,
                                        request.test_time_flips)
     tic = time.perf_counter()
-    loaded = read_ahead.reading.result() if read_ahead is not None else io.read_image(request.input)
+    if request.series is not None and not io.is_dicom_input(request.input):
+        raise LightSegError("--series chooses among a DICOM input's series; this input is a single image",
+                            request.input)
+    if read_ahead is not None:
+        loaded = read_ahead.reading.result()
+    else:
+        choice = io.dicom_series(request.input, request.series) if request.series is not None else None
+        loaded = io.read_image(request.input, choice)
     sources = None
     if io.suffix_of(request.output) == io.DICOM_SUFFIX:
         from .dicom_out import read_source_series

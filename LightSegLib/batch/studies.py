@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
+
+from ..dicom_series import is_dicomdir
 from ..errors import LightSegError
 from ..io import VOLUME_SUFFIXES, suffix_of
 
@@ -31,21 +35,55 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def find_studies(source: Path) -> list[Study]:
-    """Every study of ``source``: a CSV manifest (``id,path``), or a folder tree in which every volume file and
-    every folder holding DICOM files is a study (the largest series of a folder is used, as ``segment`` does)."""
+    """Every study of ``source``: a CSV manifest (``id,path``), or a folder tree in which every volume file is a
+    study, and so is every DICOM study: a folder with a DICOMDIR (everything below it), or the folders of one
+    StudyInstanceUID's series, as one study at their common folder when nothing else lies below it (``segment``
+    then chooses the series, by the same rule)."""
     if not source.exists():
         raise LightSegError("no such file or folder", source)
     if source.is_file():
         return _read_manifest(source)
-    studies = []
+    studies, dicom_folders, dicomdir_roots = [], [], []
     for folder in sorted([source, *(p for p in source.rglob("*") if p.is_dir())]):
+        if any(root in folder.parents for root in dicomdir_roots):
+            continue  # its files are the DICOMDIR's
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         volumes = [p for p in files if suffix_of(p) in VOLUME_SUFFIXES]
         studies += [Study(_relative_id(p, source), p) for p in volumes]
-        if any(_is_dicom_file(p) for p in files if p not in volumes):
+        if any(is_dicomdir(p) for p in files):
+            dicomdir_roots.append(folder)
             studies.append(Study(_relative_id(folder, source) or folder.name, folder))
+        elif any(_is_dicom_file(p) for p in files if p not in volumes):
+            dicom_folders.append(folder)
+    studies += [Study(_relative_id(folder, source) or folder.name, folder) for folder in _dicom_studies(dicom_folders)]
     if not studies:
         raise LightSegError("no CT volumes or DICOM series found in this folder", source)
+    return sorted(studies, key=lambda study: study.id)
+
+
+def _study_uid(folder: Path) -> str:
+    """The StudyInstanceUID of a folder's first DICOM file ("" when it has none)."""
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and _is_dicom_file(path):
+            try:
+                return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+                           .get("StudyInstanceUID", ""))
+            except Exception:  # noqa: BLE001 - an unreadable file leaves the folder a study of its own
+                return ""
+    return ""
+
+
+def _dicom_studies(folders: list[Path]) -> list[Path]:
+    """Folders of DICOM files, gathered by study: one study's series folders become their common folder when every
+    DICOM folder below it belongs to that study; otherwise (or without a StudyInstanceUID) each stays a study."""
+    by_study: dict[str, list[Path]] = {}
+    for folder in folders:
+        by_study.setdefault(_study_uid(folder) or f"folder:{folder}", []).append(folder)
+    studies = []
+    for members in by_study.values():
+        common = Path(os.path.commonpath(members))
+        below = [f for f in folders if f == common or common in f.parents]
+        studies += [common] if len(members) > 1 and len(below) == len(members) else members
     return studies
 
 

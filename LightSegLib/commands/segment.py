@@ -11,7 +11,10 @@ from .common import FLIPS_HELP, parse_flips_option, progress_bar, startup_import
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment lung infection in a CT volume, DICOM folder or 2D slice")
-    p.add_argument("input", type=Path, help="NIfTI, NRRD, MetaImage, DICOM folder, or PNG/JPG slice")
+    p.add_argument("input", type=Path, help="NIfTI, NRRD, MetaImage, a DICOM series, study or patient folder, a "
+                   "DICOMDIR, or a PNG/JPG slice")
+    p.add_argument("--series", metavar="UID|NUMBER", help="the DICOM series to segment (SeriesInstanceUID or "
+                   "SeriesNumber) instead of the one chosen by the rule (see the README)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="label map: .nii.gz, .nrrd, .seg.nrrd or .mha (volumes), .png (slices); .dcm: a DICOM "
                         "Segmentation of a DICOM series input")
@@ -30,7 +33,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..io import dicom_series
+    from ..errors import LightSegError
+    from ..io import dicom_series, is_dicom_input
     from ..read_ahead import start_reading
 
     # Decode the input and find its lungs while torch is imported and the model loaded (1.5-2 s): SimpleITK, numpy
@@ -38,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     # and would share the GIL with the imports (0.1 s alone, 0.8 s beside them). The lung mask does not depend on
     # the model.
     flips = parse_flips_option(args.test_time_flips)
-    series = dicom_series(args.input) if args.input.is_dir() else None
+    if args.series is not None and args.input.exists() and not is_dicom_input(args.input):
+        raise LightSegError("--series chooses among a DICOM input's series; this input is a single image", args.input)
+    series = dicom_series(args.input, args.series) if is_dicom_input(args.input) else None
     with ThreadPoolExecutor(max_workers=1) as pool:
         reading = start_reading(pool, args.input, series)
         with startup_imports():
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             from ..report import summary_lines
 
         request = SegmentRequest(args.input, args.output, args.model, args.device, args.probabilities, args.report,
-                                 args.force, args.batch_size, flips, args.report_sr)
+                                 args.force, args.batch_size, flips, args.report_sr, args.series)
         update, close = progress_bar("segmenting")
         try:
             outcome = segment_file(request, progress=update, read_ahead=reading)
