@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lightseg-installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean orthanc
 
 venv: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/lightseg demo --output-dir demo-output --force
 
-test: $(STAMP)
+test: $(STAMP) orthanc
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest
+
+# The DICOM node's tests run a real PACS: Orthanc, Debian's package (installed here when it is missing)
+orthanc:
+	@command -v Orthanc >/dev/null || { echo "installing Orthanc (Debian package) for the DICOM node tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc >/dev/null; }
 
 clean:
 	rm -rf $(VENV) demo-output build

@@ -1,5 +1,6 @@
 """One module per ``lightseg`` command, each with ``add_parser(subparsers)`` and ``run(args) -> exit code``."""
 
-from . import batch, calibrate, demo, evaluate, finetune, import_miniseg, models, pseudo_label, segment, train
+from . import (batch, calibrate, demo, evaluate, finetune, import_miniseg, listen, models, pseudo_label, segment,
+               train)
 
-COMMANDS = (segment, batch, models, demo, train, calibrate, import_miniseg, evaluate, finetune, pseudo_label)
+COMMANDS = (segment, batch, listen, models, demo, train, calibrate, import_miniseg, evaluate, finetune, pseudo_label)
