@@ -126,7 +126,7 @@ class LightSegCoreLogic:
             mask = np.isin(labels, spec["labels"]).astype(np.uint8)
             slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, volumeNode)
         self.placeUnderStudy(volumeNode, segmentationNode)
-        return build_report(result, segmenter.card, str(segmenter.device), volumeNode.GetName())
+        return build_report(result, segmenter.card, str(segmenter.device), volumeNode.GetName(), image=image)
 
     @staticmethod
     def placeUnderStudy(volumeNode, segmentationNode):

@@ -86,7 +86,7 @@ def _or_shifted(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def _dilate_octagon(x: np.ndarray, radius: float) -> np.ndarray:
+def dilate_octagon(x: np.ndarray, radius: float) -> np.ndarray:
     """In-slice dilation by an octagon, as four segment dilations, each by doubling shifts (a few array ops)."""
     axial, diagonal = _octagon_halves(radius)
     for (dy, dx), half in zip(_LINES, (axial, axial, diagonal, diagonal)):
@@ -101,7 +101,7 @@ def _dilate_octagon(x: np.ndarray, radius: float) -> np.ndarray:
 
 def _close_octagon(x: np.ndarray, radius: float) -> np.ndarray:
     """In-slice closing by an octagon; the erosion is the complement's dilation (outside the array counts as set)."""
-    return ~_dilate_octagon(~_dilate_octagon(x, radius), radius)
+    return ~dilate_octagon(~dilate_octagon(x, radius), radius)
 
 
 def _close_slices(mask: np.ndarray, hu: np.ndarray, radius: float, reach: float, max_small_hole: int,
@@ -131,7 +131,7 @@ def _close_chunk(inside: np.ndarray, hu_box: np.ndarray, radius: float, reach: f
                  pad: int) -> np.ndarray:
     padded = np.pad(inside, ((0, 0), (pad, pad), (pad, pad)))
     region = _close_octagon(padded, radius)[:, pad:-pad, pad:-pad]
-    near = _dilate_octagon(padded, reach)[:, pad:-pad, pad:-pad]
+    near = dilate_octagon(padded, reach)[:, pad:-pad, pad:-pad]
     closed = inside | (region & (near | (hu_box < GGO_MAX_HU)))
     # holes: background components of a slice that do not reach the slice's edge (one labelling pass; an iterative
     # fill over the whole box grew faster than the slice count)

@@ -35,6 +35,8 @@ class SegmentRequest:
     test_time_flips: tuple[str, ...] | None = None  # None: the model card's
     report_sr: Path | None = None  # a DICOM measurement report (needs a .dcm output: the Segmentation it references)
     series: str | None = None  # a DICOM input's series (UID or number) instead of the one the rule picks
+    report_pdf: Path | None = None  # the one-page report as a PDF
+    report_pdf_dcm: Path | None = None  # the same page as a DICOM Encapsulated PDF in the source's study
 
 
 @dataclass
@@ -56,11 +58,17 @@ def check_outputs(request: SegmentRequest) -> None:
         if io.suffix_of(request.output) != io.DICOM_SUFFIX:
             raise LightSegError("--report-sr references a DICOM Segmentation: give -o RESULT.dcm too",
                                 request.report_sr)
-    if request.report_sr is not None or io.suffix_of(request.output) == io.DICOM_SUFFIX:
+    if request.report_pdf is not None:
+        io.check_output_path(request.report_pdf, (".pdf",), request.force)
+    if request.report_pdf_dcm is not None:
+        io.check_output_path(request.report_pdf_dcm, (io.DICOM_SUFFIX,), request.force)
+    if (request.report_sr is not None or request.report_pdf_dcm is not None
+            or io.suffix_of(request.output) == io.DICOM_SUFFIX):
         if not io.is_dicom_input(request.input):
             raise LightSegError("DICOM outputs need a DICOM series folder as input (there is no source series to "
                                 "reference); use .nrrd, .nii.gz or .seg.nrrd", request.input)
-    paths = [p for p in (request.output, request.probabilities, request.report, request.report_sr) if p is not None]
+    paths = [p for p in (request.output, request.probabilities, request.report, request.report_sr, request.report_pdf,
+                         request.report_pdf_dcm) if p is not None]
     if len({p.resolve() for p in paths}) != len(paths):
         raise LightSegError("the output, probability and report paths must differ", request.output)
 
@@ -93,6 +101,21 @@ def _write_dicom(request: SegmentRequest, result: Segmentation, sources: list, r
     return written
 
 
+def _write_page(request: SegmentRequest, result: Segmentation, report: dict[str, Any], loaded: io.LoadedImage) -> None:
+    """The one-page report as a PDF and/or a DICOM Encapsulated PDF (``report_page.py``)."""
+    import pydicom
+
+    from .dicom_out import write_dataset
+    from .report_page import encapsulated_pdf, pdf_bytes, render_page
+
+    pdf = pdf_bytes(render_page(loaded.image, result, report, f"Input: {request.input.name}"), report)
+    if request.report_pdf is not None:
+        io.write_atomically(request.report_pdf, lambda tmp: tmp.write_bytes(pdf))
+    if request.report_pdf_dcm is not None:
+        source = pydicom.dcmread(loaded.dicom_files[0], stop_before_pixels=True)
+        write_dataset(encapsulated_pdf(pdf, source, "LightSeg lung infection report"), request.report_pdf_dcm)
+
+
 def segment_file(request: SegmentRequest, progress: Progress | None = None, cancel: Cancel | None = None,
                  segmenter: Segmenter | None = None, read_ahead: ReadAhead | None = None) -> SegmentOutcome:
     """Validate, read, segment and write; raises ``LightSegError`` with one line for any bad input.
@@ -121,6 +144,9 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     read_seconds = time.perf_counter() - tic
     if loaded.is_2d and io.suffix_of(request.output) == ".seg.nrrd":
         raise LightSegError(".seg.nrrd output is for volumes; use .png for a 2D slice", request.output)
+    if loaded.is_2d and (request.report_pdf or request.report_pdf_dcm):
+        raise LightSegError("the one-page report is for CT volumes, not 2D slices", request.report_pdf or
+                            request.report_pdf_dcm)
     if not loaded.is_2d and io.suffix_of(request.output) == ".png":
         raise LightSegError("PNG output is for 2D slices; use .nii.gz, .nrrd or .seg.nrrd", request.output)
 
@@ -134,13 +160,17 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
 
     tic = time.perf_counter()
     report = build_report(result, segmenter.card, str(segmenter.device), str(request.input), loaded.note,
-                          {"read": read_seconds})
+                          {"read": read_seconds}, loaded.image)
+    report["timings_s"]["report"] = round(time.perf_counter() - tic, 3)  # the regional figures, mostly
+    tic = time.perf_counter()
     if sources is not None:
         report["dicom"] = _write_dicom(request, result, sources, report, segmenter)
     else:
         io.write_labels(result.labels, request.output)
     if probabilities is not None:
         _write_probabilities(request.probabilities, probabilities, loaded.image)
+    if request.report_pdf is not None or request.report_pdf_dcm is not None:
+        _write_page(request, result, report, loaded)
     report["timings_s"]["write"] = round(time.perf_counter() - tic, 3)
     report["timings_s"]["total"] = round(time.perf_counter() - start, 3)
     report["warnings"] = warnings

@@ -1,4 +1,5 @@
-"""The numbers a radiologist asks for: infection volume, lung volumes and the percent of each lung involved."""
+"""The numbers a radiologist asks for: infection volume, lung volumes, the percent of each lung involved, and
+where (``regions.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .cards import ModelCard
 from .engine import Segmentation
 from .io import INFECTION
 from .lungs import LEFT, RIGHT
+from .regions import regional_lines, regional_measurements
 
 
 def _percent(part: float, whole: float) -> float:
@@ -50,9 +52,14 @@ def slice_measurements(result: Segmentation) -> dict[str, Any]:
 
 
 def build_report(result: Segmentation, card: ModelCard, device: str, input_path: str, note: str = "",
-                 timings: dict[str, float] | None = None) -> dict[str, Any]:
-    """The JSON report of ``lightseg segment``."""
+                 timings: dict[str, float] | None = None, image: sitk.Image | None = None) -> dict[str, Any]:
+    """The JSON report of ``lightseg segment``; with the input ``image`` of a volume, also the regional figures."""
     measurements = volume_measurements(result) if result.view is not None else slice_measurements(result)
+    if image is not None and result.view is not None and result.lungs is not None:
+        labels_c = result.view.to_canonical(sitk.GetArrayViewFromImage(result.labels))
+        hu_c = result.view.to_canonical(sitk.GetArrayViewFromImage(image))
+        measurements["regions"] = regional_measurements(labels_c, result.lungs.sides, hu_c, INFECTION,
+                                                        result.view.spacing)
     all_timings = {**(timings or {}), **result.timings}
     return {
         "input": input_path,
@@ -78,4 +85,4 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lung = report["lungs"][side]
         lines.append(f"{side} lung: {lung['volume_ml']:.0f} mL, {lung['infection_ml']:.1f} mL infected "
                      f"({lung['percent_involved']:.1f} %)")
-    return lines
+    return lines + (regional_lines(report["regions"]) if "regions" in report else [])

@@ -63,6 +63,13 @@ def results_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows += [(f"{name} lung volume", f"{lung['volume_ml']:.0f}", "mL"),
                  (f"{name} lung infection", f"{lung['infection_ml']:.1f}", "mL"),
                  (f"{name} lung involved", f"{lung['percent_involved']:.1f}", "%")]
+        regions = report.get("regions", {}).get(side) or {}
+        if regions:
+            rows += [(f"{name} lung {zone} zone involved", f"{value:.1f}", "%")
+                     for zone, value in regions["zones_percent"].items()]
+            rows += [(f"{name} lung {part} involved", f"{regions[part + '_percent']:.1f}", "%")
+                     for part in ("anterior", "posterior", "peripheral", "central")]
+            rows.append((f"{name} lung high opacity (> -200 HU)", f"{regions['high_opacity_percent']:.1f}", "%"))
     rows += [("Model", f"{report['model']['id']} {report['model']['version']}", ""),
              ("Device", report["device"], ""),
              ("Time", f"{sum(v for k, v in report['timings_s'].items() if k != 'total'):.2f}", "s")]

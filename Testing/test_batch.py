@@ -200,13 +200,15 @@ def test_batch_writes_dicom_segmentations_for_dicom_studies(tmp_path):
 
 def test_a_single_worker_reads_the_next_study_while_the_current_one_runs(tree, tmp_path):
     """With one worker, study B is read (and its lungs found) during study A; B's result equals ``segment``'s."""
-    from LightSegLib.batch.job import BatchSettings, StudyRunner
+    from LightSegLib.batch.job import REGION_COLUMNS, BatchSettings, StudyRunner
     from LightSegLib.batch.studies import find_studies
 
     studies = {study.id: study for study in find_studies(tree)}
     first, second = studies["a/s1"], studies["b/s2"]
     runner = StudyRunner(BatchSettings(str(tmp_path / "out"), device="cpu"))
-    assert runner.run(first, upcoming=second)["status"] == "done"
+    row = runner.run(first, upcoming=second)
+    assert row["status"] == "done"
+    assert all(isinstance(row[column], float) for column in REGION_COLUMNS)  # the regional figures, per lung
     ahead = runner._ahead
     assert ahead is not None and ahead.path == second.path
     assert runner.run(second)["status"] == "done" and runner._ahead is None

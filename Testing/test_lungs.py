@@ -74,12 +74,12 @@ def test_crop_boxes_cover_the_lungs(p001_lungs):
 @pytest.mark.parametrize("radius", [5.3, 13.3])
 def test_octagon_closing_is_close_to_a_disk(radius):
     """The four-segment octagon used for closing lies between the disks of radius r - 1.5 and r + 1, area within 10 %."""
-    from LightSegLib.lungs import _dilate_octagon
+    from LightSegLib.lungs import dilate_octagon
 
     size = 41
     point = np.zeros((1, size, size), bool)
     point[0, size // 2, size // 2] = True
-    octagon = _dilate_octagon(point, radius)[0]
+    octagon = dilate_octagon(point, radius)[0]
     yy, xx = np.mgrid[:size, :size] - size // 2
     distance = np.hypot(yy, xx)
     assert octagon[distance <= radius - 1.5].all()

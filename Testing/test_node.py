@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -116,22 +117,6 @@ def test_a_series_comes_back_as_seg_and_sr_in_its_study_and_only_allowed_titles_
     assert status.returncode == 0 and source.SeriesInstanceUID in status.stdout and "sent" in status.stdout
 
 
-def test_killed_after_receiving_the_restarted_node_delivers_once(tmp_path, destination):
-    storage = tmp_path / "node"
-    first = make_node(storage, destination, stable=3600)  # never complete while this one runs
-    first.start()
-    assert send_series(sorted(P001_DICOM.iterdir()), first.settings.port)
-    first.stop()
-    assert [row.state for row in SeriesQueue(storage).rows()] == [RECEIVING] and not destination.received
-    for _ in range(2):  # restarted, and restarted once more: the results go out exactly once
-        node = make_node(storage, destination, stable=0)
-        node.start()
-        assert node.wait_until_idle(300)
-        node.stop()
-    assert [row.state for row in SeriesQueue(storage).rows()] == [SENT]
-    assert len(destination.received) == 2
-
-
 @pytest.mark.parametrize("hu, reason", [(0, "do not look like CT"), (-1000, "no lungs")])
 def test_a_series_that_is_no_chest_ct_fails_with_its_reason_and_nothing_is_sent(tmp_path, destination, hu, reason):
     """Three uncompressed CT slices of water (0 HU: not a CT in Hounsfield units) or of air (a CT with no lungs)."""
@@ -221,17 +206,32 @@ def orthanc(tmp_path):
     server.close()
 
 
+def upload_p001(orthanc: Orthanc) -> str:
+    """P001 into Orthanc, as the scanner would send it; returns Orthanc's id of the study."""
+    study = ""
+    for path in sorted(P001_DICOM.iterdir()):
+        study = orthanc.request("POST", "/instances", path.read_bytes())["ParentStudy"]
+    return study
+
+
+def route(orthanc: Orthanc, study: str, node: Node) -> None:
+    """The PACS's routing rule, by hand: declare the node and send it the study (synchronous C-STORE)."""
+    orthanc.request("PUT", "/modalities/lightseg",
+                    json.dumps({"AET": NODE_AE, "Host": "127.0.0.1", "Port": node.settings.port}).encode())
+    orthanc.request("POST", "/modalities/lightseg/store", study.encode())
+
+
+def orthanc_node(storage: Path, orthanc: Orthanc, allowed: str = "ORTHANC", stable: float = 1.0) -> Node:
+    return Node(NodeSettings(storage, NODE_AE, [allowed], ("ORTHANC", "127.0.0.1", orthanc.dicom_port),
+                             port=free_port(), stable_seconds=stable, device="cpu"))
+
+
 def test_orthanc_routes_p001_to_the_node_and_gets_seg_and_sr_back_into_the_study(tmp_path, orthanc):
-    node = Node(NodeSettings(tmp_path / "node", NODE_AE, ["ORTHANC"], ("ORTHANC", "127.0.0.1", orthanc.dicom_port),
-                             port=free_port(), stable_seconds=1.0, device="cpu"))
+    node = orthanc_node(tmp_path / "node", orthanc)
     node.start()
     try:
-        study = None
-        for path in sorted(P001_DICOM.iterdir()):
-            study = orthanc.request("POST", "/instances", path.read_bytes())["ParentStudy"]
-        orthanc.request("PUT", "/modalities/lightseg",
-                        json.dumps({"AET": NODE_AE, "Host": "127.0.0.1", "Port": node.settings.port}).encode())
-        orthanc.request("POST", "/modalities/lightseg/store", study.encode())  # the PACS's routing rule, by hand
+        study = upload_p001(orthanc)
+        route(orthanc, study, node)
         assert node.wait_until_idle(300), node.queue.rows()
     finally:
         node.stop()
@@ -279,3 +279,34 @@ def test_with_a_certificate_the_node_speaks_tls_only(tmp_path, destination):
         assert not plain.is_established
     finally:
         node.stop()
+
+
+def test_orthanc_not_allowed_is_refused_and_a_node_killed_after_receiving_delivers_once(tmp_path, orthanc):
+    storage = tmp_path / "node"
+    study = upload_p001(orthanc)
+    closed = orthanc_node(storage, orthanc, allowed="SOMEONE")
+    closed.start()
+    try:
+        with pytest.raises(urllib.error.HTTPError):  # Orthanc's C-STORE fails: its AE title is not allowed
+            route(orthanc, study, closed)
+    finally:
+        closed.stop()
+    assert SeriesQueue(storage).rows() == []
+    first = orthanc_node(storage, orthanc, stable=3600)  # never complete while this one runs
+    first.start()
+    try:
+        route(orthanc, study, first)
+    finally:
+        first.stop()
+    assert [row.state for row in SeriesQueue(storage).rows()] == [RECEIVING]
+    for _ in range(2):  # restarted, and restarted once more: the results go out exactly once
+        node = orthanc_node(storage, orthanc, stable=0)
+        node.start()
+        try:
+            assert node.wait_until_idle(300)
+        finally:
+            node.stop()
+    assert [row.state for row in SeriesQueue(storage).rows()] == [SENT]
+    series = orthanc.get(f"/studies/{study}/series")
+    assert sorted((s["MainDicomTags"]["Modality"], len(s["Instances"])) for s in series) == \
+        [("CT", 148), ("SEG", 1), ("SR", 1)]

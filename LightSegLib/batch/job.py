@@ -16,8 +16,10 @@ from ..read_ahead import ReadAhead, start_reading
 from .studies import Study, fingerprint, output_paths
 
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
-COLUMNS = ("id", "status", "infection_ml", "lung_ml", "right_percent", "left_percent", "slices", "model_id",
-           "model_sha256", "device", "seconds", "worker_peak_rss_mb", "error")
+REGION_COLUMNS = tuple(f"{side}_{region}" for side in ("right", "left")
+                       for region in ("upper", "middle", "lower", "posterior", "peripheral", "high_opacity"))
+COLUMNS = ("id", "status", "infection_ml", "lung_ml", "right_percent", "left_percent", *REGION_COLUMNS, "slices",
+           "model_id", "model_sha256", "device", "seconds", "worker_peak_rss_mb", "error")
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,21 @@ class BatchSettings:
     threads: int | None = None  # torch threads per worker
 
 
+def _region_cells(report: dict[str, Any]) -> dict[str, Any]:
+    """The regional percents of a report (empty for a report written before they existed)."""
+    cells = {}
+    for side in ("right", "left"):
+        regions = report.get("regions", {}).get(side) or {}
+        for region in ("upper", "middle", "lower"):
+            cells[f"{side}_{region}"] = regions.get("zones_percent", {}).get(region, "")
+        for region in ("posterior", "peripheral", "high_opacity"):
+            cells[f"{side}_{region}"] = regions.get(f"{region}_percent", "")
+    return cells
+
+
 def row_from_report(study: Study, status: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
     lungs = report["lungs"]
-    return {"id": study.id, "status": status, "infection_ml": report["infection_ml"],
+    return {**_region_cells(report), "id": study.id, "status": status, "infection_ml": report["infection_ml"],
             "lung_ml": report["lung_volume_ml"], "right_percent": lungs["right"]["percent_involved"],
             "left_percent": lungs["left"]["percent_involved"], "slices": report["slices"]["total"],
             "model_id": report["model"]["id"], "model_sha256": report["model"]["weights_sha256"],
