@@ -101,19 +101,17 @@ def _write_dicom(request: SegmentRequest, result: Segmentation, sources: list, r
     return written
 
 
-def _write_page(request: SegmentRequest, result: Segmentation, report: dict[str, Any], loaded: io.LoadedImage) -> None:
-    """The one-page report as a PDF and/or a DICOM Encapsulated PDF (``report_page.py``)."""
-    import pydicom
-
+def _write_page(request: SegmentRequest, result: Segmentation, report: dict[str, Any], image: sitk.Image,
+                sources: list | None) -> None:
+    """The one-page report as a PDF and/or a DICOM Encapsulated PDF in the sources' study (``report_page.py``)."""
     from .dicom_out import write_dataset
     from .report_page import encapsulated_pdf, pdf_bytes, render_page
 
-    pdf = pdf_bytes(render_page(loaded.image, result, report, f"Input: {request.input.name}"), report)
+    pdf = pdf_bytes(render_page(image, result, report, f"Input: {request.input.name}"), report)
     if request.report_pdf is not None:
         io.write_atomically(request.report_pdf, lambda tmp: tmp.write_bytes(pdf))
-    if request.report_pdf_dcm is not None:
-        source = pydicom.dcmread(loaded.dicom_files[0], stop_before_pixels=True)
-        write_dataset(encapsulated_pdf(pdf, source, "LightSeg lung infection report"), request.report_pdf_dcm)
+    if request.report_pdf_dcm is not None and sources:
+        write_dataset(encapsulated_pdf(pdf, sources[0], "LightSeg lung infection report"), request.report_pdf_dcm)
 
 
 def segment_file(request: SegmentRequest, progress: Progress | None = None, cancel: Cancel | None = None,
@@ -136,8 +134,8 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     else:
         choice = io.dicom_series(request.input, request.series) if request.series is not None else None
         loaded = io.read_image(request.input, choice)
-    sources = None
-    if io.suffix_of(request.output) == io.DICOM_SUFFIX:
+    sources = None  # the source series' headers, for outputs that reference it (their UIDs checked here)
+    if io.suffix_of(request.output) == io.DICOM_SUFFIX or request.report_pdf_dcm is not None:
         from .dicom_out import read_source_series
 
         sources = read_source_series(loaded.dicom_files, request.input)  # refused here, before any work
@@ -163,14 +161,14 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
                           {"read": read_seconds}, loaded.image)
     report["timings_s"]["report"] = round(time.perf_counter() - tic, 3)  # the regional figures, mostly
     tic = time.perf_counter()
-    if sources is not None:
+    if io.suffix_of(request.output) == io.DICOM_SUFFIX:
         report["dicom"] = _write_dicom(request, result, sources, report, segmenter)
     else:
         io.write_labels(result.labels, request.output)
     if probabilities is not None:
         _write_probabilities(request.probabilities, probabilities, loaded.image)
     if request.report_pdf is not None or request.report_pdf_dcm is not None:
-        _write_page(request, result, report, loaded)
+        _write_page(request, result, report, loaded.image, sources)
     report["timings_s"]["write"] = round(time.perf_counter() - tic, 3)
     report["timings_s"]["total"] = round(time.perf_counter() - start, 3)
     report["warnings"] = warnings

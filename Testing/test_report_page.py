@@ -36,3 +36,10 @@ def test_an_encapsulated_pdf_needs_a_dicom_input(tmp_path):
     result = run_cli("segment", SAMPLE, "-o", tmp_path / "labels.nrrd", "--report-pdf-dcm", tmp_path / "page.dcm")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "page.dcm").exists() and not (tmp_path / "labels.nrrd").exists()
+
+
+def test_an_encapsulated_pdf_is_refused_for_a_study_whose_uids_break_the_standard(tmp_path):
+    cap002 = P001_DICOM.parent / "cap002"  # its study UID is not a DICOM UID
+    result = run_cli("segment", cap002, "-o", tmp_path / "labels.nrrd", "--report-pdf-dcm", tmp_path / "page.dcm")
+    assert result.returncode == 2 and "UID" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "page.dcm").exists() and not (tmp_path / "labels.nrrd").exists()
