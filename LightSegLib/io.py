@@ -74,6 +74,12 @@ def is_dicom_input(path: Path) -> bool:
     return path.is_dir() or is_dicomdir(path)
 
 
+def check_series_option(source: Path, wanted: str | None) -> None:
+    """``--series`` chooses among a DICOM input's series: refused with one line for any other input."""
+    if wanted is not None and source.exists() and not is_dicom_input(source):
+        raise LightSegError("--series chooses among a DICOM input's series; this input is a single image", source)
+
+
 def dicom_series(source: Path, wanted: str | None = None) -> SeriesChoice:
     """The series of a DICOM input for the lungs (``wanted``: a SeriesInstanceUID or SeriesNumber), from the headers
     alone; one-line error for an empty or unusable input."""

@@ -126,9 +126,7 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     segmenter = segmenter or Segmenter(registry.resolve(request.model), request.device, request.batch_size,
                                        request.test_time_flips)
     tic = time.perf_counter()
-    if request.series is not None and not io.is_dicom_input(request.input):
-        raise LightSegError("--series chooses among a DICOM input's series; this input is a single image",
-                            request.input)
+    io.check_series_option(request.input, request.series)
     if read_ahead is not None:
         loaded = read_ahead.reading.result()
     else:

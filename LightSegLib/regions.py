@@ -28,8 +28,9 @@ DEFINITIONS = {
 }
 
 
-def _percent(part: int, whole: int) -> float:
-    return round(100 * part / whole, 2) if whole else 0.0
+def percent(part: float, whole: float) -> float:
+    """``part`` as a percent of ``whole``, to two decimals (0 for an empty whole)."""
+    return round(100 * part / whole, 2) if whole > 0 else 0.0
 
 
 def _thirds(counts: np.ndarray) -> list[slice]:
@@ -76,13 +77,13 @@ def regional_measurements(labels_c: np.ndarray, sides: np.ndarray, hu_c: np.ndar
         peripheral = _peripheral(lung, radius)
         lung_peripheral, sick_peripheral = np.count_nonzero(peripheral), np.count_nonzero(peripheral & sick)
         result[name] = {
-            "zones_percent": {zone: _percent(int(sick_z[part].sum()), int(lung_z[part].sum()))
+            "zones_percent": {zone: percent(int(sick_z[part].sum()), int(lung_z[part].sum()))
                               for zone, part in (("upper", upper), ("middle", middle), ("lower", lower))},
-            "anterior_percent": _percent(int(sick_y[:half].sum()), int(lung_y[:half].sum())),
-            "posterior_percent": _percent(int(sick_y[half:].sum()), int(lung_y[half:].sum())),
-            "peripheral_percent": _percent(sick_peripheral, lung_peripheral),
-            "central_percent": _percent(int(sick_z.sum()) - sick_peripheral, int(lung_z.sum()) - lung_peripheral),
-            "high_opacity_percent": _percent(np.count_nonzero(sick & dense), int(lung_z.sum())),
+            "anterior_percent": percent(int(sick_y[:half].sum()), int(lung_y[:half].sum())),
+            "posterior_percent": percent(int(sick_y[half:].sum()), int(lung_y[half:].sum())),
+            "peripheral_percent": percent(sick_peripheral, lung_peripheral),
+            "central_percent": percent(int(sick_z.sum()) - sick_peripheral, int(lung_z.sum()) - lung_peripheral),
+            "high_opacity_percent": percent(np.count_nonzero(sick & dense), int(lung_z.sum())),
         }
     result["definitions"] = DEFINITIONS
     return result

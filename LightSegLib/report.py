@@ -12,11 +12,7 @@ from .cards import ModelCard
 from .engine import Segmentation
 from .io import INFECTION
 from .lungs import LEFT, RIGHT
-from .regions import regional_lines, regional_measurements
-
-
-def _percent(part: float, whole: float) -> float:
-    return round(100 * part / whole, 2) if whole > 0 else 0.0
+from .regions import percent, regional_lines, regional_measurements
 
 
 def volume_measurements(result: Segmentation) -> dict[str, Any]:
@@ -32,13 +28,13 @@ def volume_measurements(result: Segmentation) -> dict[str, Any]:
         volume = np.count_nonzero(in_side) * ml
         infection = np.count_nonzero(in_side & infected) * ml
         lungs[name] = {"volume_ml": round(volume, 1), "infection_ml": round(infection, 1),
-                       "percent_involved": _percent(infection, volume)}
+                       "percent_involved": percent(infection, volume)}
     total_lung = lungs["right"]["volume_ml"] + lungs["left"]["volume_ml"]
     infection_ml = float(np.count_nonzero(infected)) * ml
     return {
         "infection_ml": round(infection_ml, 1),
         "lung_volume_ml": round(total_lung, 1),
-        "percent_involved": _percent(infection_ml, total_lung),
+        "percent_involved": percent(infection_ml, total_lung),
         "lungs": lungs,
     }
 

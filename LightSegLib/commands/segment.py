@@ -37,8 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from ..errors import LightSegError
-    from ..io import dicom_series, is_dicom_input
+    from ..io import check_series_option, dicom_series, is_dicom_input
     from ..read_ahead import start_reading
 
     # Decode the input and find its lungs while torch is imported and the model loaded (1.5-2 s): SimpleITK, numpy
@@ -46,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
     # and would share the GIL with the imports (0.1 s alone, 0.8 s beside them). The lung mask does not depend on
     # the model.
     flips = parse_flips_option(args.test_time_flips)
-    if args.series is not None and args.input.exists() and not is_dicom_input(args.input):
-        raise LightSegError("--series chooses among a DICOM input's series; this input is a single image", args.input)
+    check_series_option(args.input, args.series)
     series = dicom_series(args.input, args.series) if is_dicom_input(args.input) else None
     with ThreadPoolExecutor(max_workers=1) as pool:
         reading = start_reading(pool, args.input, series)
