@@ -89,6 +89,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.copyResultsButton.connect("clicked(bool)", self.onCopyResults)
+        self.ui.saveReportPageButton.connect("clicked(bool)", self.onSaveReportPage)
         self.ui.deviceSelector.connect("currentIndexChanged(int)", self.updateDiagnostics)
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.updateModelTooltip)
         self.ui.addPairButton.connect("clicked(bool)", self.onAddPair)
@@ -205,6 +206,13 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCopyResults(self):
         if self._lastReportRows:
             qt.QApplication.clipboard().setText(self.logic.rowsAsText(self._lastReportRows))
+
+    def onSaveReportPage(self):
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), "Save the one-page report",
+                                              "LightSeg report.pdf", "PDF (*.pdf)")
+        if path:
+            with slicer.util.tryWithErrorDisplay("LightSeg could not write the report page.", waitCursor=True):
+                self.logic.saveReportPage(path)
 
     def onAddPair(self):
         volume = self._parameterNode.trainingVolume

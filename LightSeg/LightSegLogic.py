@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import slicer
@@ -38,6 +39,7 @@ class LightSegCoreLogic:
 
     def __init__(self):
         self._segmenters = {}
+        self.lastResult = None  # (image, segmentation, report, volume name) of the last run, for the report page
 
     # --- models -----------------------------------------------------------------------------------------------
 
@@ -73,12 +75,11 @@ class LightSegCoreLogic:
         return f"torch {info['torch']} (CUDA build {info['cuda_build']}): {gpu}"
 
     def _segmenter(self, modelId, device):
-        from LightSegLib import registry
-        from LightSegLib.engine import Segmenter
+        from LightSegLib.pipeline import make_segmenter
 
         key = (modelId, device)
         if key not in self._segmenters:
-            self._segmenters[key] = Segmenter(registry.resolve(modelId), device)
+            self._segmenters[key] = make_segmenter(modelId, device)
         return self._segmenters[key]
 
     # --- segmenting -------------------------------------------------------------------------------------------
@@ -96,14 +97,15 @@ class LightSegCoreLogic:
         return image
 
     def segment(self, volumeNode, segmentationNode, modelId, device="auto", progress=None, cancel=None):
-        """Segment ``volumeNode`` into ``segmentationNode`` ("Lungs", "Infection"); returns the report, or None if
-        cancelled. Raises ``LightSegError`` (one line) for a volume that is not a CT or has no lungs. The node is only
-        written once the whole volume is segmented, so a cancel or an error leaves it as it was; "Lungs" and
-        "Infection" are replaced in place, and other segments are kept."""
+        """Segment ``volumeNode`` into ``segmentationNode`` ("Lungs", "Infection", "Ground-glass opacity",
+        "Consolidation"); returns the report, or None if cancelled. Raises ``LightSegError`` (one line) for a volume
+        that is not a CT or has no lungs. The node is only written once the whole volume is segmented, so a cancel or
+        an error leaves it as it was; LightSeg's segments are replaced in place, and other segments are kept."""
         import SimpleITK as sitk
 
         from LightSegLib.engine import Cancelled
         from LightSegLib.errors import LightSegError
+        from LightSegLib.io import segment_masks
         from LightSegLib.report import build_report
         from LightSegLib.scene import segment_specs
 
@@ -115,18 +117,33 @@ class LightSegCoreLogic:
             return None
         if not result.lungs.lungs.any():
             raise LightSegError("no lungs found in this volume; nothing was written", volumeNode.GetName())
-        labels = sitk.GetArrayViewFromImage(result.labels)
+        patterns = None if result.patterns is None else sitk.GetArrayViewFromImage(result.patterns)
+        masks = segment_masks(sitk.GetArrayViewFromImage(result.labels), patterns)
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         segmentation = segmentationNode.GetSegmentation()
-        for spec in segment_specs():
+        for spec in segment_specs(patterns is not None):
             segmentId = segmentation.GetSegmentIdBySegmentName(spec["name"])
             if not segmentId:
                 segmentId = segmentation.AddEmptySegment(spec["id"], spec["name"], spec["color"])
             segmentation.GetSegment(segmentId).SetTerminology(spec["terminology"])
-            mask = np.isin(labels, spec["labels"]).astype(np.uint8)
+            mask = masks[spec["id"]].astype(np.uint8)
             slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, volumeNode)
         self.placeUnderStudy(volumeNode, segmentationNode)
-        return build_report(result, segmenter.card, str(segmenter.device), volumeNode.GetName(), image=image)
+        report = build_report(result, segmenter.card, str(segmenter.device), volumeNode.GetName(), image=image)
+        self.lastResult = (image, result, report, volumeNode.GetName())
+        return report
+
+    def saveReportPage(self, path):
+        """The last segmentation's one-page report (``lightseg segment --report-pdf``) written to ``path``."""
+        from LightSegLib.errors import LightSegError
+        from LightSegLib.io import write_atomically
+        from LightSegLib.report_page import pdf_bytes, render_page
+
+        if self.lastResult is None:
+            raise LightSegError("segment a volume first: there is no result to put on a page", path)
+        image, result, report, name = self.lastResult
+        pdf = pdf_bytes(render_page(image, result, report, f"Volume: {name}"), report)
+        write_atomically(Path(path), lambda tmp: tmp.write_bytes(pdf))
 
     @staticmethod
     def placeUnderStudy(volumeNode, segmentationNode):

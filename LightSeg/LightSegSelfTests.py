@@ -32,15 +32,17 @@ def loadSample(name="P001-chest"):
 
 
 def libraryLabels(path):
-    """What ``lightseg segment`` writes for a file: the label array (k, j, i), by the CLI's own code path."""
+    """What ``lightseg segment`` writes for a file: the label and pattern arrays (k, j, i), by the CLI's own code
+    path."""
     import SimpleITK as sitk
 
     from LightSegLib.pipeline import SegmentRequest, segment_file
 
     with tempfile.TemporaryDirectory() as folder:
-        output = Path(folder) / "labels.nrrd"
-        segment_file(SegmentRequest(input=Path(path), output=output, model=MODEL, device="cpu"))
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
+        output, patterns = Path(folder) / "labels.nrrd", Path(folder) / "patterns.nrrd"
+        segment_file(SegmentRequest(input=Path(path), output=output, model=MODEL, device="cpu", patterns=patterns))
+        return (sitk.GetArrayFromImage(sitk.ReadImage(str(output))),
+                sitk.GetArrayFromImage(sitk.ReadImage(str(patterns))))
 
 
 def resolvedTerminology(segment):
@@ -92,9 +94,14 @@ def test_SegmentSample():
     logic = LightSegCoreLogic()
     report = logic.segment(volumeNode, segmentationNode, MODEL, "cpu")
 
-    expected = libraryLabels(str(sample_path()))
+    expected, patterns = libraryLabels(str(sample_path()))
     segmentation = segmentationNode.GetSegmentation()
-    assert segmentation.GetNumberOfSegments() == 2
+    assert segmentation.GetNumberOfSegments() == 4
+    for name, value, code in (("Ground-glass opacity", 1, "112120"), ("Consolidation", 2, "95436008")):
+        segmentId = segmentation.GetSegmentIdBySegmentName(name)
+        pattern = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
+        assert np.array_equal(pattern > 0, patterns == value), f"{name} differs from lightseg segment --patterns"
+        assert f"^{code}^" in segmentation.GetSegment(segmentId).GetTerminology()
     infection = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, "Infection", volumeNode)
     lungs = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, "Lungs", volumeNode)
     assert infection.shape == slicer.util.arrayFromVolume(volumeNode).shape
@@ -112,6 +119,9 @@ def test_SegmentSample():
     assert segmentationNode.GetSegmentation().ContainsRepresentation("Closed surface")
 
     with tempfile.TemporaryDirectory() as folder:
+        page = Path(folder) / "page.pdf"
+        logic.saveReportPage(page)  # the one-page report of this result, as lightseg segment --report-pdf writes it
+        assert page.read_bytes().startswith(b"%PDF") and "miniseg-covid".encode("utf-16-be") in page.read_bytes()
         path = os.path.join(folder, "P001.seg.nrrd")
         storage = segmentationNode.CreateDefaultStorageNode()
         storage.SetFileName(path)
@@ -124,7 +134,7 @@ def test_SegmentSample():
 
 
 def test_SegmentTwiceKeepsOtherSegmentsAndCancelChangesNothing():
-    """A second run replaces "Lungs" and "Infection" in place and keeps the user's own segments; a run cancelled
+    """A second run replaces LightSeg's four segments in place and keeps the user's own segments; a run cancelled
     between batches leaves the node exactly as it was."""
     slicer.mrmlScene.Clear(0)
     volumeNode = loadSample()
@@ -140,7 +150,7 @@ def test_SegmentTwiceKeepsOtherSegmentsAndCancelChangesNothing():
     logic.segment(volumeNode, segmentationNode, MODEL, "cpu")
     segmentation = segmentationNode.GetSegmentation()
     names = sorted(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments()))
-    assert names == ["Infection", "Lungs", "My nodule"], names
+    assert names == ["Consolidation", "Ground-glass opacity", "Infection", "Lungs", "My nodule"], names
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, "Infection", volumeNode), first)
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, userId, volumeNode), mark)
 
@@ -151,7 +161,7 @@ def test_SegmentTwiceKeepsOtherSegmentsAndCancelChangesNothing():
     assert report is None and len(batches) == 2
     assert fresh.GetSegmentation().GetNumberOfSegments() == 0
     assert logic.segment(volumeNode, segmentationNode, MODEL, "cpu", cancel=lambda: True) is None
-    assert segmentation.GetNumberOfSegments() == 3
+    assert segmentation.GetNumberOfSegments() == 5
     assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, "Infection", volumeNode), first)
 
 

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from .cards import ModelCard, load_network
 from .devices import pick_device
@@ -22,6 +23,8 @@ from .io import INFECTION, LUNG
 from .lungs import LungMask, field_of_view_cuts
 from .models.inference import inference_form
 from .network import forward_probability, predict_image
+from .patterns.model import PatternModel
+from .patterns.pattern_map import CONSOLIDATION, GROUND_GLASS, pattern_map
 from .postprocess import PostProcessing, clean_infection
 from .lung_crops import LungCrops, SliceBoxes, lung_crops
 from .preprocess import crop_affines, crops_for_network, resample, restrict_to_window
@@ -52,16 +55,19 @@ class Segmentation:
     # volumes only: the 3D clean-up's "settings" and what it "removed" per rule (components, mL)
     postprocessing: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what was decided about the input (a prone patient turned)
+    # with a pattern model: 0 none, 1 ground-glass, 2 consolidation on the input's grid (patterns/pattern_map.py)
+    patterns: sitk.Image | None = None
 
 
 class Segmenter:
     """A loaded model on a device, ready to segment volumes and slices."""
 
     def __init__(self, card: ModelCard, device: str = "auto", batch_size: int | None = None,
-                 test_time_flips: tuple[str, ...] | None = None, postprocessing: PostProcessing | None = None
-                 ) -> None:
+                 test_time_flips: tuple[str, ...] | None = None, postprocessing: PostProcessing | None = None,
+                 patterns: PatternModel | None = None) -> None:
         """``test_time_flips`` replaces the card's (``()`` for a single plain pass: faster, slightly less accurate);
-        ``postprocessing`` replaces the card's 3D clean-up of volumes (``PostProcessing()`` for none)."""
+        ``postprocessing`` replaces the card's 3D clean-up of volumes (``PostProcessing()`` for none); ``patterns``
+        also splits the infection into ground-glass and consolidation (on the same crops, after the clean-up)."""
         self.card = card
         self.postprocessing = card.postprocessing_settings() if postprocessing is None else postprocessing
         spec = card.input_spec()
@@ -71,6 +77,9 @@ class Segmenter:
         # channels_last suits oneDNN's depthwise kernels on the CPU (measured in benchmarks/bench_inference.py)
         self.model = inference_form(load_network(card)).to(self.device, memory_format=torch.channels_last)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
+        self.patterns = patterns
+        if patterns is not None:
+            patterns.net.to(self.device)
 
     def _forward(self, x01: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
@@ -91,6 +100,36 @@ class Segmenter:
             in_box[infection & ~kept] = LUNG
         return removed
 
+    def _consolidation_of_batch(self, small: dict[int, torch.Tensor], labels: np.ndarray, x01: torch.Tensor,
+                                first: int) -> None:
+        """The pattern network on the batch's slices that hold infection; their consolidation maps (at the network's
+        output size) go into ``small``, keyed by the slice's position among the lung slices."""
+        infected = np.flatnonzero((labels == INFECTION).any(axis=(1, 2)))
+        if len(infected):
+            maps = self.patterns.consolidation(x01[torch.from_numpy(infected).to(x01.device)]).float().cpu()
+            small.update({first + int(i): m for i, m in zip(infected, maps)})
+
+    @staticmethod
+    def _patterns_of(labels_c: np.ndarray, small: dict[int, torch.Tensor], slices: np.ndarray,
+                     to_slice: torch.Tensor) -> np.ndarray:
+        """The pattern map: each infection voxel (after the clean-up) reads its slice's consolidation map at its own
+        position through the crop affine, the bilinear sample the infection probability got; only infected voxels
+        are sampled, not whole slices."""
+        patterns_c = np.zeros(labels_c.shape, np.uint8)
+        height, width = labels_c.shape[1:]
+        for position, consolidation in small.items():
+            z = int(slices[position])
+            rows, columns = np.nonzero(labels_c[z] == INFECTION)
+            if not len(rows):
+                continue
+            points = torch.from_numpy(np.stack([(2 * columns + 1) / width - 1, (2 * rows + 1) / height - 1,
+                                                np.ones(len(rows))], axis=1))
+            grid = (points @ to_slice[position].double().T).float().view(1, 1, -1, 2)  # slice -> crop, normalised
+            sampled = F.grid_sample(consolidation[None, None], grid, mode="bilinear", padding_mode="zeros",
+                                    align_corners=False).view(-1).numpy()
+            patterns_c[z, rows, columns] = np.where(sampled >= 0.5, CONSOLIDATION, GROUND_GLASS)
+        return patterns_c
+
     def segment(self, image: sitk.Image, is_2d: bool, progress: Progress | None = None, cancel: Cancel | None = None,
                 probabilities: np.ndarray | None = None, scan: LungCrops | None = None) -> Segmentation:
         if is_2d:
@@ -102,11 +141,24 @@ class Segmenter:
         start = time.perf_counter()
         pixels = sitk.GetArrayViewFromImage(image)
         scale = 65535.0 if pixels.dtype == np.uint16 else 255.0
-        prob = predict_image(self.model, self.spec, pixels.astype(np.float32) / scale, self.device)
+        image01 = pixels.astype(np.float32) / scale
+        prob = predict_image(self.model, self.spec, image01, self.device)
         if probabilities is not None:
             probabilities[...] = prob
-        labels = image_from_array((prob >= THRESHOLD).astype(np.uint8) * INFECTION, image)
-        return Segmentation(labels, None, None, 1, 1, {"inference": time.perf_counter() - start}, self.spec.flips)
+        label_array = (prob >= THRESHOLD).astype(np.uint8) * INFECTION
+        patterns = None
+        if self.patterns is not None:
+            consolidation = self._slice_consolidation(image01)
+            patterns = image_from_array(pattern_map(label_array, consolidation), image)
+        return Segmentation(image_from_array(label_array, image), None, None, 1, 1,
+                            {"inference": time.perf_counter() - start}, self.spec.flips, patterns=patterns)
+
+    def _slice_consolidation(self, image01: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(image01))[None, None].to(self.device)
+        size = self.patterns.card.input_size
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        prob = self.patterns.consolidation(x)[:, None]
+        return F.interpolate(prob, size=image01.shape, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
 
     def segment_volume(self, image: sitk.Image, progress: Progress | None = None, cancel: Cancel | None = None,
                        probabilities: np.ndarray | None = None, scan: LungCrops | None = None) -> Segmentation:
@@ -128,6 +180,8 @@ class Segmenter:
         labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
         labels_c = view.to_canonical(labels)
         prob_c = None if probabilities is None else view.to_canonical(probabilities)
+        consolidation_small: dict[int, torch.Tensor] = {}  # lung-slice position -> the pattern network's map
+        pattern_seconds = 0.0
         if prob_c is not None:
             prob_c[...] = 0
         height, width = hu.shape[1:]
@@ -147,20 +201,31 @@ class Segmenter:
             prob = resample(prob_small[:, None], theta, (y1 - y0, x1 - x0))[:, 0].clamp_(0, 1).cpu().numpy()
             window = (z, slice(y0, y1), slice(x0, x1))
             labels_c[window] = np.where(lungs.lungs[window], np.where(prob >= THRESHOLD, INFECTION, LUNG), 0)
+            if self.patterns is not None:
+                pattern_tic = time.perf_counter()
+                self._consolidation_of_batch(consolidation_small, labels_c[window], x01, start)
+                pattern_seconds += time.perf_counter() - pattern_tic
             if prob_c is not None:
                 prob_c[window] = prob
             if progress is not None:
                 progress(min(start + self.batch_size, total), total)
-        timings["inference"] = time.perf_counter() - tic
+        timings["inference"] = time.perf_counter() - tic - pattern_seconds
         tic = time.perf_counter()
         removed = {}
         if total and self.postprocessing.active:
             removed = self._clean(labels_c, hu, lungs, crops, view.spacing)
         timings["postprocessing"] = time.perf_counter() - tic
+        patterns = None
+        if self.patterns is not None:
+            tic = time.perf_counter()
+            patterns_c = self._patterns_of(labels_c, consolidation_small, crops.slices, to_slice)
+            patterns = image_from_array(view.from_canonical(patterns_c), image)
+            timings["patterns"] = pattern_seconds + time.perf_counter() - tic
         notes = [TURNED_NOTE] if scan.turned else []
         cuts = field_of_view_cuts(lungs.lungs)
         if cuts:
             notes.append(f"the lungs run out of the field of view ({', '.join(cuts)}): lung volumes and percent "
                          "involved cover only the part in view")
         return Segmentation(image_from_array(labels, image), view, lungs, hu.shape[0], total, timings,
-                            self.spec.flips, {"settings": self.postprocessing.to_card(), "removed": removed}, notes)
+                            self.spec.flips, {"settings": self.postprocessing.to_card(), "removed": removed}, notes,
+                            patterns)

@@ -36,18 +36,50 @@ INFECTION, LUNG = 1, 2  # label values: 0 background, 1 infection, 2 lung withou
 TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 LUNG_CODE = ["SCT", "39607008", "Lung"]
+
+
+def _in_the_lung(segment_id: str, name: str, color: list[float], context: str, finding: list[str]) -> dict:
+    """A segment of a Morphologically Altered Structure (``finding``) in the lung."""
+    return {"id": segment_id, "name": name, "color": color,
+            "terminology": {"contextName": context,
+                            "category": ["SCT", "49755003", "Morphologically Altered Structure"],
+                            "type": finding, "anatomicContextName": ANATOMIC_CONTEXT, "anatomicRegion": LUNG_CODE}}
+
+
 SEGMENTS = (
     {"id": "Lungs", "name": "Lungs", "color": [0.77, 0.48, 0.42],
      "terminology": {"contextName": TERMINOLOGY_CONTEXT,
                      "category": ["SCT", "123037004", "Anatomical Structure"],
                      "type": LUNG_CODE}},
-    {"id": "Infection", "name": "Infection", "color": [0.95, 0.85, 0.15],
-     "terminology": {"contextName": TERMINOLOGY_CONTEXT,
-                     "category": ["SCT", "49755003", "Morphologically Altered Structure"],
-                     "type": ["SCT", "23583003", "Inflammation"],
-                     "anatomicContextName": ANATOMIC_CONTEXT,
-                     "anatomicRegion": LUNG_CODE}},
+    _in_the_lung("Infection", "Infection", [0.95, 0.85, 0.15], TERMINOLOGY_CONTEXT,
+                 ["SCT", "23583003", "Inflammation"]),
 )
+# The two patterns inside the infection (patterns/). Slicer's terminology lists have no entry for either (its DICOM
+# master list's altered structures are mass, nodule, cyst, clot, embolus, edema, haemorrhage, inflammation, abscess,
+# necrosis, neoplasms), so they carry DICOM's own codes: CID 6104 "Ground glass opacity" and SNOMED CT "Lung
+# consolidation", under their own context name; Slicer stores and shows them, its list cannot offer them.
+PATTERN_CONTEXT = "LightSeg lung patterns (DICOM CID 6104, SNOMED CT)"
+PATTERN_SEGMENTS = (
+    _in_the_lung("GroundGlass", "Ground-glass opacity", [0.55, 0.85, 0.35], PATTERN_CONTEXT,
+                 ["DCM", "112120", "Ground glass opacity"]),
+    _in_the_lung("Consolidation", "Consolidation", [0.85, 0.25, 0.2], PATTERN_CONTEXT,
+                 ["SCT", "95436008", "Lung consolidation"]),
+)
+
+
+def segments_of(patterns: "sitk.Image | None") -> tuple[dict, ...]:
+    """The segments written for a result: Lungs and Infection, and the two patterns when there is a pattern map."""
+    return SEGMENTS + (PATTERN_SEGMENTS if patterns is not None else ())
+
+
+def segment_masks(labels: np.ndarray, patterns: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Each segment's voxels by id, from the label map and the pattern map (0 none, 1 ground-glass, 2 consolidation);
+    the lungs hold the infection and the infection holds both patterns."""
+    masks = {"Lungs": labels > 0, "Infection": labels == INFECTION}
+    if patterns is not None:
+        masks["GroundGlass"] = patterns == 1
+        masks["Consolidation"] = patterns == 2
+    return masks
 
 
 @dataclass
@@ -197,12 +229,13 @@ def write_atomically(path: Path, writer) -> None:
         raise
 
 
-def write_labels(labels: sitk.Image, path: str | Path) -> None:
-    """Write a label map (0 background, 1 infection, 2 lung) in the format the suffix names."""
+def write_labels(labels: sitk.Image, path: str | Path, patterns: sitk.Image | None = None) -> None:
+    """Write a label map (0 background, 1 infection, 2 lung) in the format the suffix names; a .seg.nrrd also gets
+    the ground-glass and consolidation segments of ``patterns`` when given."""
     path = Path(path)
     suffix = suffix_of(path)
     if suffix == ".seg.nrrd":
-        write_atomically(path, lambda tmp: _write_seg_nrrd(labels, tmp))
+        write_atomically(path, lambda tmp: _write_seg_nrrd(labels, tmp, patterns))
     elif suffix == ".png":
         if labels.GetDimension() != 2:
             raise LightSegError("PNG output is for 2D slices; use .nii.gz, .nrrd or .seg.nrrd for volumes", path)
@@ -210,6 +243,16 @@ def write_labels(labels: sitk.Image, path: str | Path) -> None:
         write_atomically(path, lambda tmp: sitk.WriteImage(png, str(tmp)))
     else:
         write_atomically(path, lambda tmp: sitk.WriteImage(labels, str(tmp), useCompression=True))
+
+
+def write_pattern_map(patterns: sitk.Image, path: Path) -> None:
+    """The pattern map (values 0 none, 1 ground-glass, 2 consolidation) on the input's grid, as an image file (an
+    8-bit PNG for a 2D slice)."""
+    if suffix_of(path) == ".png":
+        png = sitk.GetImageFromArray(sitk.GetArrayFromImage(patterns))  # without the slice's spacing, as PNG holds
+        write_atomically(path, lambda tmp: sitk.WriteImage(png, str(tmp)))
+    else:
+        write_atomically(path, lambda tmp: sitk.WriteImage(patterns, str(tmp), useCompression=True))
 
 
 def ijk_to_lps(image: sitk.Image) -> np.ndarray:
@@ -221,19 +264,22 @@ def ijk_to_lps(image: sitk.Image) -> np.ndarray:
     return matrix
 
 
-def _write_seg_nrrd(labels: sitk.Image, path: Path) -> None:
-    """Lungs and Infection as two overlapping segments, one layer each (the lungs hold the infection)."""
+def _write_seg_nrrd(labels: sitk.Image, path: Path, patterns: sitk.Image | None = None) -> None:
+    """Lungs, Infection (and the patterns) as overlapping segments, one layer each (the lungs hold the infection)."""
     if labels.GetDimension() != 3:
         raise LightSegError(".seg.nrrd output is for volumes", path)
     array = sitk.GetArrayViewFromImage(labels)  # (k, j, i)
+    pattern_array = None if patterns is None else sitk.GetArrayViewFromImage(patterns)
+    specs = segments_of(patterns)
+    masks = segment_masks(array, pattern_array)
     # Built as (k, j, i, layer) so that the (layer, i, j, k) view slicerio writes in Fortran order is contiguous
     # (no 75 MB transpose on a 512 x 512 x 148 CT).
-    layers = np.empty(array.shape + (len(SEGMENTS),), np.uint8)
-    layers[..., 0] = array > 0
-    layers[..., 1] = array == INFECTION
+    layers = np.empty(array.shape + (len(specs),), np.uint8)
+    for layer, segment in enumerate(specs):
+        layers[..., layer] = masks[segment["id"]]
     voxels = layers.transpose(3, 2, 1, 0)
     segments = [dict(segment, labelValue=1, layer=layer, extent=_extent(layers[..., layer]))
-                for layer, segment in enumerate(SEGMENTS)]
+                for layer, segment in enumerate(specs)]
     segmentation = {"voxels": voxels, "ijkToLPS": ijk_to_lps(labels), "segments": segments}
     # zlib level 1: about a tenth of the time of the default level 9, for files a little larger
     slicerio.write_segmentation(str(path), segmentation, compression_level=1)

@@ -15,6 +15,7 @@ from .io import INFECTION, write_atomically
 DISPLAY_WINDOW = (-600.0, 1500.0)  # lung window (level, width) for display only
 INFECTION_RGB = np.array([255, 60, 40], np.float32)
 LUNG_RGB = np.array([80, 200, 255], np.float32)
+GROUND_GLASS_RGB = np.array([255, 215, 40], np.float32)
 
 
 def montage_slices(infection_per_slice: np.ndarray, lung_per_slice: np.ndarray, count: int) -> list[int]:
@@ -28,11 +29,16 @@ def montage_slices(infection_per_slice: np.ndarray, lung_per_slice: np.ndarray, 
     return sorted(picks)[:count]
 
 
-def render_slice(hu: np.ndarray, infection: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+def render_slice(hu: np.ndarray, infection: np.ndarray, lungs: np.ndarray, consolidation: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """Lung window, infection overlaid in red and the lungs outlined; given the ``consolidation`` mask, the
+    infection is drawn as ground-glass (yellow) and consolidation (red)."""
     level, width = DISPLAY_WINDOW
     gray = np.clip((hu - (level - width / 2)) / width, 0, 1) * 255
     rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
-    rgb[infection] = 0.45 * rgb[infection] + 0.55 * INFECTION_RGB
+    rgb[infection] = 0.45 * rgb[infection] + 0.55 * (INFECTION_RGB if consolidation is None else GROUND_GLASS_RGB)
+    if consolidation is not None:
+        rgb[consolidation] = 0.45 * rgb[consolidation] + 0.55 * INFECTION_RGB
     outline = lungs & ~ndimage.binary_erosion(lungs, iterations=2)
     rgb[outline] = LUNG_RGB
     return rgb.astype(np.uint8)

@@ -37,6 +37,7 @@ class SegmentRequest:
     series: str | None = None  # a DICOM input's series (UID or number) instead of the one the rule picks
     report_pdf: Path | None = None  # the one-page report as a PDF
     report_pdf_dcm: Path | None = None  # the same page as a DICOM Encapsulated PDF in the source's study
+    patterns: Path | None = None  # the pattern map: 0 none, 1 ground-glass, 2 consolidation (PNG for a 2D slice)
 
 
 @dataclass
@@ -45,6 +46,15 @@ class SegmentOutcome:
     result: Segmentation
     image: sitk.Image
     warnings: list[str]
+
+
+def make_segmenter(model: str | None, device: str = "auto", batch_size: int | None = None,
+                   test_time_flips: tuple[str, ...] | None = None) -> Segmenter:
+    """The infection model (id or card path, the default when None) with the bundled pattern model, as every
+    LightSeg front end runs it: ``segment``, ``batch``, ``listen`` and the Slicer module."""
+    from .patterns.model import load_pattern_model
+
+    return Segmenter(registry.resolve(model), device, batch_size, test_time_flips, patterns=load_pattern_model())
 
 
 def check_outputs(request: SegmentRequest) -> None:
@@ -62,13 +72,15 @@ def check_outputs(request: SegmentRequest) -> None:
         io.check_output_path(request.report_pdf, (".pdf",), request.force)
     if request.report_pdf_dcm is not None:
         io.check_output_path(request.report_pdf_dcm, (io.DICOM_SUFFIX,), request.force)
+    if request.patterns is not None:
+        io.check_output_path(request.patterns, io.LABEL_SUFFIXES[1:], request.force)
     if (request.report_sr is not None or request.report_pdf_dcm is not None
             or io.suffix_of(request.output) == io.DICOM_SUFFIX):
         if not io.is_dicom_input(request.input):
             raise LightSegError("DICOM outputs need a DICOM series folder as input (there is no source series to "
                                 "reference); use .nrrd, .nii.gz or .seg.nrrd", request.input)
     paths = [p for p in (request.output, request.probabilities, request.report, request.report_sr, request.report_pdf,
-                         request.report_pdf_dcm) if p is not None]
+                         request.report_pdf_dcm, request.patterns) if p is not None]
     if len({p.resolve() for p in paths}) != len(paths):
         raise LightSegError("the output, probability and report paths must differ", request.output)
 
@@ -86,7 +98,7 @@ def _write_dicom(request: SegmentRequest, result: Segmentation, sources: list, r
     """Build the DICOM Segmentation (and the measurement report, if asked) in memory, then write them."""
     from .dicom_out import build_measurement_report, build_segmentation, write_dataset
 
-    segmentation = build_segmentation(result.labels, sources, segmenter.card)
+    segmentation = build_segmentation(result.labels, sources, segmenter.card, result.patterns)
     written = {"segmentation": {"path": str(request.output), "series_instance_uid": segmentation.SeriesInstanceUID,
                                 "sop_instance_uid": segmentation.SOPInstanceUID}}
     measurements = None
@@ -123,8 +135,8 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     """
     start = time.perf_counter()
     check_outputs(request)
-    segmenter = segmenter or Segmenter(registry.resolve(request.model), request.device, request.batch_size,
-                                       request.test_time_flips)
+    segmenter = segmenter or make_segmenter(request.model, request.device, request.batch_size,
+                                            request.test_time_flips)
     tic = time.perf_counter()
     io.check_series_option(request.input, request.series)
     if read_ahead is not None:
@@ -143,8 +155,13 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     if loaded.is_2d and (request.report_pdf or request.report_pdf_dcm):
         raise LightSegError("the one-page report is for CT volumes, not 2D slices", request.report_pdf or
                             request.report_pdf_dcm)
-    if not loaded.is_2d and io.suffix_of(request.output) == ".png":
-        raise LightSegError("PNG output is for 2D slices; use .nii.gz, .nrrd or .seg.nrrd", request.output)
+    for output in (request.output, request.patterns):
+        if output is not None and not loaded.is_2d and io.suffix_of(output) == ".png":
+            raise LightSegError("PNG output is for 2D slices; use .nii.gz, .nrrd or .seg.nrrd", output)
+        if output is not None and loaded.is_2d and output is request.patterns and io.suffix_of(output) != ".png":
+            raise LightSegError("the pattern map of a 2D slice is a PNG", output)
+    if request.patterns is not None and segmenter.patterns is None:
+        raise LightSegError("--patterns needs a pattern model; this segmenter has none", request.patterns)
 
     shape = sitk.GetArrayViewFromImage(loaded.image).shape
     probabilities = np.zeros(shape, np.float32) if request.probabilities is not None else None
@@ -162,7 +179,9 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     if io.suffix_of(request.output) == io.DICOM_SUFFIX:
         report["dicom"] = _write_dicom(request, result, sources, report, segmenter)
     else:
-        io.write_labels(result.labels, request.output)
+        io.write_labels(result.labels, request.output, result.patterns)
+    if request.patterns is not None:
+        io.write_pattern_map(result.patterns, request.patterns)
     if probabilities is not None:
         _write_probabilities(request.probabilities, probabilities, loaded.image)
     if request.report_pdf is not None or request.report_pdf_dcm is not None:

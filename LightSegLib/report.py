@@ -12,6 +12,7 @@ from .cards import ModelCard
 from .engine import Segmentation
 from .io import INFECTION
 from .lungs import LEFT, RIGHT
+from .patterns.pattern_map import PATTERN_NAMES
 from .regions import percent, regional_lines, regional_measurements
 
 
@@ -39,6 +40,27 @@ def volume_measurements(result: Segmentation) -> dict[str, Any]:
     }
 
 
+def pattern_measurements(result: Segmentation) -> dict[str, Any]:
+    """Ground-glass and consolidation: volumes (mL) and share of the infection, in total and per lung (volumes), or
+    pixels (2D slices). The two always add up to the infection."""
+    patterns = sitk.GetArrayViewFromImage(result.patterns)
+    if result.view is None:
+        return {f"{name}_pixels": int(np.count_nonzero(patterns == value)) for value, name in PATTERN_NAMES.items()}
+    patterns_c = result.view.to_canonical(patterns)
+    ml = result.view.voxel_volume_mm3 / 1000
+    infected = patterns_c > 0  # one pass over the volume; the counts below are over the infection only
+    by_pattern_and_side = np.bincount(patterns_c[infected].astype(np.int64) * 4 + result.lungs.sides[infected],
+                                      minlength=12).reshape(3, 4)
+    figures: dict[str, Any] = {f"{name}_ml": round(float(by_pattern_and_side[value].sum()) * ml, 1)
+                               for value, name in PATTERN_NAMES.items()}
+    infection = figures["ground_glass_ml"] + figures["consolidation_ml"]
+    figures["consolidation_percent_of_infection"] = percent(figures["consolidation_ml"], infection)
+    for side_name, side in (("right", RIGHT), ("left", LEFT)):
+        figures[side_name] = {f"{name}_ml": round(float(by_pattern_and_side[value, side]) * ml, 1)
+                              for value, name in PATTERN_NAMES.items()}
+    return figures
+
+
 def slice_measurements(result: Segmentation) -> dict[str, Any]:
     labels = sitk.GetArrayViewFromImage(result.labels)
     pixels = int((labels == INFECTION).sum())
@@ -56,6 +78,8 @@ def build_report(result: Segmentation, card: ModelCard, device: str, input_path:
         hu_c = result.view.to_canonical(sitk.GetArrayViewFromImage(image))
         measurements["regions"] = regional_measurements(labels_c, result.lungs.sides, hu_c, INFECTION,
                                                         result.view.spacing)
+    if result.patterns is not None:
+        measurements["patterns"] = pattern_measurements(result)
     all_timings = {**(timings or {}), **result.timings}
     return {
         "input": input_path,
@@ -77,6 +101,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         return [f"infection: {report['infection_pixels']} pixels ({100 * report['infection_fraction']:.1f} % of the image)"]
     lines = [f"infection: {report['infection_ml']:.1f} mL, {report['percent_involved']:.1f} % of "
              f"{report['lung_volume_ml']:.0f} mL of lung"]
+    patterns = report.get("patterns")
+    if patterns:
+        lines.append(f"patterns: ground-glass {patterns['ground_glass_ml']:.1f} mL, consolidation "
+                     f"{patterns['consolidation_ml']:.1f} mL ({patterns['consolidation_percent_of_infection']:.0f} % "
+                     "of the infection)")
     for side in ("right", "left"):
         lung = report["lungs"][side]
         lines.append(f"{side} lung: {lung['volume_ml']:.0f} mL, {lung['infection_ml']:.1f} mL infected "

@@ -18,13 +18,15 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from .engine import Segmentation
 from .io import INFECTION
 from .montage import render_slice
+from .patterns.pattern_map import CONSOLIDATION
 from .report import summary_lines
 
 PAGE = (1240, 1754)  # A4 at 150 dpi
 MARGIN = 60
 SLICE_GAP_MM = 15.0
 DISCLAIMER = ("Research software, not a diagnosis: every finding must be confirmed by a radiologist on the images. "
-              "Infection is what the network calls; ground-glass and consolidation are not told apart.")
+              "Infection is what the network calls; ground-glass versus consolidation is an estimate, as good as a "
+              "density threshold.")
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 PDF_SERIES_NUMBER = 9103
 COPIED_FROM_SOURCE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
@@ -59,12 +61,19 @@ def _views(image: sitk.Image, result: Segmentation, count: int = 4) -> tuple[lis
     hu = result.view.to_canonical(sitk.GetArrayViewFromImage(image))
     labels = result.view.to_canonical(sitk.GetArrayViewFromImage(result.labels))
     infection, lungs = labels == INFECTION, result.lungs.lungs
+    consolidation = (None if result.patterns is None
+                     else result.view.to_canonical(sitk.GetArrayViewFromImage(result.patterns)) == CONSOLIDATION)
+
+    def pick(mask: np.ndarray | None, index) -> np.ndarray | None:
+        return None if mask is None else mask[index]
+
     per_slice = infection.sum(axis=(1, 2)) + lungs.any(axis=(1, 2))  # lung slices before empty ones on ties
     picks = _most_involved(per_slice, count, max(1, round(SLICE_GAP_MM / result.view.spacing[0])))
-    axial = [render_slice(hu[z], infection[z], lungs[z]) for z in picks]
+    axial = [render_slice(hu[z], infection[z], lungs[z], pick(consolidation, z)) for z in picks]
     rows = np.flatnonzero(lungs.any(axis=(0, 2)))
     row = int((rows[0] + rows[-1]) // 2) if rows.size else hu.shape[1] // 2
-    coronal = render_slice(hu[:, row, :], infection[:, row, :], lungs[:, row, :])[::-1]  # superior at the top
+    coronal = render_slice(hu[:, row, :], infection[:, row, :], lungs[:, row, :],
+                           pick(consolidation, (slice(None), row)))[::-1]  # superior at the top
     stretch = result.view.spacing[0] / result.view.spacing[2]
     coronal = np.asarray(Image.fromarray(coronal).resize((coronal.shape[1], max(1, round(coronal.shape[0] * stretch)))))
     return axial, coronal
@@ -95,7 +104,9 @@ def render_page(image: sitk.Image, result: Segmentation, report: dict[str, Any],
             draw.text((x_text, text_y), chunk, fill="black", font=_font(20))
             text_y += 28
     y += max(coronal_image.height, text_y - y) + 30
-    draw.text((MARGIN, y), "Red: infection. Blue outline: lungs. Axial slices: the most infected, top to bottom.",
+    colours = ("Yellow: ground-glass opacity, red: consolidation" if result.patterns is not None
+               else "Red: infection")
+    draw.text((MARGIN, y), f"{colours}. Blue outline: lungs. Axial slices: the most infected, top to bottom.",
               fill="black", font=_font(18))
     y += 40
     for note in report.get("notes", []):

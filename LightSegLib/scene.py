@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .io import SEGMENTS
+from .io import PATTERN_SEGMENTS, SEGMENTS
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -45,11 +45,12 @@ def terminology_entry(terminology: dict[str, Any]) -> str:
                      code("anatomicRegionModifier")])
 
 
-def segment_specs() -> list[dict[str, Any]]:
-    """The segments LightSeg creates: id, name, colour, terminology entry, and which label values they cover."""
-    covers = {"Lungs": (1, 2), "Infection": (1,)}
+def segment_specs(with_patterns: bool = False) -> list[dict[str, Any]]:
+    """The segments LightSeg creates: id, name, colour and terminology entry ("Lungs", "Infection", and with a
+    pattern model "Ground-glass opacity" and "Consolidation"); their voxels come from ``io.segment_masks``."""
+    specs = SEGMENTS + (PATTERN_SEGMENTS if with_patterns else ())
     return [{"id": s["id"], "name": s["name"], "color": tuple(s["color"]),
-             "terminology": terminology_entry(s["terminology"]), "labels": covers[s["id"]]} for s in SEGMENTS]
+             "terminology": terminology_entry(s["terminology"])} for s in specs]
 
 
 def results_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -57,6 +58,11 @@ def results_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = [("Infection volume", f"{report['infection_ml']:.1f}", "mL"),
             ("Lung volume", f"{report['lung_volume_ml']:.0f}", "mL"),
             ("Lungs involved", f"{report['percent_involved']:.1f}", "%")]
+    patterns = report.get("patterns")
+    if patterns:
+        rows += [("Ground-glass opacity volume", f"{patterns['ground_glass_ml']:.1f}", "mL"),
+                 ("Consolidation volume", f"{patterns['consolidation_ml']:.1f}", "mL"),
+                 ("Consolidation share of the infection", f"{patterns['consolidation_percent_of_infection']:.0f}", "%")]
     for side in ("right", "left"):
         lung = report["lungs"][side]
         name = side.capitalize()

@@ -194,13 +194,13 @@ def test_batch_writes_dicom_segmentations_for_dicom_studies(tmp_path):
     import pydicom
 
     seg = pydicom.dcmread(out / "P001.dcm")
-    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and len(seg.SegmentSequence) == 2
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and len(seg.SegmentSequence) == 4
     assert json.loads((out / "P001.json").read_text())["batch"]["format"] == "dcm"
 
 
 def test_a_single_worker_reads_the_next_study_while_the_current_one_runs(tree, tmp_path):
     """With one worker, study B is read (and its lungs found) during study A; B's result equals ``segment``'s."""
-    from LightSegLib.batch.job import REGION_COLUMNS, BatchSettings, StudyRunner
+    from LightSegLib.batch.job import PATTERN_COLUMNS, REGION_COLUMNS, BatchSettings, StudyRunner
     from LightSegLib.batch.studies import find_studies
 
     studies = {study.id: study for study in find_studies(tree)}
@@ -209,6 +209,8 @@ def test_a_single_worker_reads_the_next_study_while_the_current_one_runs(tree, t
     row = runner.run(first, upcoming=second)
     assert row["status"] == "done"
     assert all(isinstance(row[column], float) for column in REGION_COLUMNS)  # the regional figures, per lung
+    assert row["ground_glass_ml"] + row["consolidation_ml"] == pytest.approx(row["infection_ml"], abs=0.11)
+    assert set(PATTERN_COLUMNS) == {"ground_glass_ml", "consolidation_ml"}
     ahead = runner._ahead
     assert ahead is not None and ahead.path == second.path
     assert runner.run(second)["status"] == "done" and runner._ahead is None
@@ -217,3 +219,13 @@ def test_a_single_worker_reads_the_next_study_while_the_current_one_runs(tree, t
     single = run_cli("segment", second.path, "-o", tmp_path / "single.nrrd")
     assert single.returncode == 0, single.stderr
     assert np.array_equal(labels_of(tmp_path / "out" / "b" / "s2.nrrd"), labels_of(tmp_path / "single.nrrd"))
+
+
+def test_batch_writes_the_one_page_report_of_each_study(tmp_path):
+    root = tmp_path / "archive"
+    root.mkdir()
+    shutil.copy(SAMPLE, root / "sample.nrrd")
+    result = run_cli("batch", root, "-o", tmp_path / "out", "--workers", "1", "--report-pdf")
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "out" / "sample.pdf").read_bytes()
+    assert page.startswith(b"%PDF") and "miniseg-covid".encode("utf-16-be") in page  # the metadata names the model

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import DATA, P001_DICOM, SAMPLE, run_cli
-from LightSegLib.io import INFECTION, LUNG, SEGMENTS
+from LightSegLib.io import INFECTION, LUNG, PATTERN_SEGMENTS, SEGMENTS
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,8 @@ def test_segments_carry_the_terminology_codes_and_the_algorithm(p001_dicom_outpu
 
     card = registry.resolve("miniseg-covid")
     seg = pydicom.dcmread(p001_dicom_outputs / "seg.dcm")
-    for item, expected in zip(seg.SegmentSequence, SEGMENTS):
+    assert len(seg.SegmentSequence) == len(SEGMENTS + PATTERN_SEGMENTS)
+    for item, expected in zip(seg.SegmentSequence, SEGMENTS + PATTERN_SEGMENTS):
         terminology = expected["terminology"]
         assert item.SegmentLabel == expected["name"]
         category, kind = item.SegmentedPropertyCategoryCodeSequence[0], item.SegmentedPropertyTypeCodeSequence[0]
@@ -110,6 +111,21 @@ def test_measurement_report_equals_the_json_report(p001_dicom_outputs):
         referenced = groups[name].referenced_segment
         assert referenced.referenced_sop_instance_uid == seg.SOPInstanceUID
         assert referenced.referenced_segment_numbers == [segment_number]
+    patterns = report["patterns"]
+    assert values("Ground-glass opacity") == {("Volume", "mL"): patterns["ground_glass_ml"]}
+    assert values("Consolidation, left lung") == {("Volume", "mL"): patterns["left"]["consolidation_ml"]}
+    assert groups["Consolidation"].referenced_segment.referenced_segment_numbers == [4]
+    regions = report["regions"]["right"]
+    assert values("Infection, right lung, lower zone") == {
+        ("Percent of lung volume involved", "%"): regions["zones_percent"]["lower"]}
+    assert values("Infection, right lung, peripheral") == {
+        ("Percent of lung volume involved", "%"): regions["peripheral_percent"]}
+    assert values("High opacity, right lung") == {
+        ("Percent of lung volume with opacity denser than -200 HU", "%"): regions["high_opacity_percent"]}
+    site = groups["Infection, right lung, lower zone"].finding_sites[0]
+    assert site.value.value == "281394001" and site.laterality.value == "24028007"  # lower zone of lung, right
+    assert groups["Infection, right lung, peripheral"].finding_sites[0].topographical_modifier.value == \
+        "14414005"
     assert report["dicom"]["segmentation"]["sop_instance_uid"] == seg.SOPInstanceUID
     assert report["dicom"]["measurement_report"]["sop_instance_uid"] == sr.SOPInstanceUID
     assert sr.StudyInstanceUID == seg.StudyInstanceUID and sr.SeriesInstanceUID != seg.SeriesInstanceUID

@@ -37,6 +37,7 @@ CHECKED_SLICER_UTIL = {
     "launchConsoleProcess": "util.py: def launchConsoleProcess(args, useStartupEnvironment=True, cwd=None)",
     "pip_install": "util.py: def pip_install(requirements)",
     "VTKObservationMixin": "util.py: class VTKObservationMixin",
+    "mainWindow": "util.py: def mainWindow() (slicer-core 5.13.31053.0's copy of Slicer's util.py)",
 }
 # MRML / VTK / Qt methods the application-side files call on Slicer objects, checked in Slicer's C++ headers
 # (Libs/MRML/Core) and the scripted-module template.
@@ -49,6 +50,7 @@ CHECKED_METHODS = {
     "registerCustomSampleDataSource": "SampleData.py: SampleDataLogic.registerCustomSampleDataSource(..., "
                                       "loadFileType=...)",
     "QUrl": "Qt", "QTimer": "Qt", "QListWidgetItem": "Qt", "QApplication": "Qt", "QDateTime": "Qt",
+    "QFileDialog": "Qt", "getSaveFileName": "QFileDialog (static)",
     "ModifiedEvent": "vtkCommand",
 }
 
@@ -162,7 +164,7 @@ def test_cmake_lists_every_file_it_installs_and_every_file_exists():
     on_disk = {str(p.relative_to(REPO)) for p in (REPO / "LightSegLib").rglob("*.py")}
     assert on_disk == library, f"LightSegLib files not installed: {sorted(on_disk - library)}"
     shipped = {str(p.relative_to(REPO)) for d in ("Models", "SampleData", "Calibration")
-               for p in (REPO / "Resources" / d).iterdir() if p.is_file()}
+               for p in (REPO / "Resources" / d).rglob("*") if p.is_file()}
     assert shipped == resources, f"resources not installed: {sorted(shipped - resources)}"
     module_resources = {str(p.relative_to(REPO / "LightSeg")) for p in (REPO / "LightSeg" / "Resources").rglob("*")
                         if p.is_file()}
@@ -212,15 +214,21 @@ def test_ras_geometry_round_trip(sample, order, flips):
 
 
 def test_terminology_entries_parse_as_slicer_terminology():
-    from LightSegLib.io import SEGMENTS
+    from LightSegLib.io import PATTERN_SEGMENTS, SEGMENTS, segment_masks
     from LightSegLib.scene import segment_specs
 
-    specs = {s["name"]: s for s in segment_specs()}
-    assert set(specs) == {"Lungs", "Infection"}
-    assert specs["Infection"]["labels"] == (1,) and specs["Lungs"]["labels"] == (1, 2)
-    for segment in SEGMENTS:
+    assert [s["name"] for s in segment_specs()] == ["Lungs", "Infection"]
+    specs = {s["name"]: s for s in segment_specs(with_patterns=True)}
+    assert set(specs) == {"Lungs", "Infection", "Ground-glass opacity", "Consolidation"}
+    for segment in SEGMENTS + PATTERN_SEGMENTS:
         parsed = terminology_entry_from_string(specs[segment["name"]]["terminology"])
         assert parsed == segment["terminology"]
+    labels, patterns = np.array([0, 1, 2, 1, 1]), np.array([0, 1, 0, 2, 1])
+    masks = segment_masks(labels, patterns)
+    assert masks["Lungs"].tolist() == [False, True, True, True, True]
+    assert masks["Infection"].tolist() == [False, True, False, True, True]
+    assert masks["GroundGlass"].tolist() == [False, True, False, False, True]
+    assert masks["Consolidation"].tolist() == [False, False, False, True, False]
 
 
 def test_results_rows_and_clipboard_text_from_a_real_report(untrained_card, sample):
@@ -250,7 +258,7 @@ def test_panel_renders_offscreen_with_a_results_table(tmp_path, loaded_ui):
     out = tmp_path / "panel.png"
     render(report, out)
     with Image.open(out) as picture:
-        assert picture.size == (440, 1008)  # the retrain panel's buttons in two rows keep it 440 wide
+        assert picture.size == (440, 1036)  # the retrain panel's buttons in two rows keep it 440 wide
         assert len(np.unique(np.asarray(picture.convert("L")))) > 10  # drawn, not blank
 
 

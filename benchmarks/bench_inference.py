@@ -33,11 +33,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from LightSegLib import registry  # noqa: E402
-from LightSegLib.engine import Segmenter  # noqa: E402
 from LightSegLib.io import read_image  # noqa: E402
 from LightSegLib.lung_crops import lung_crops  # noqa: E402
-from LightSegLib.pipeline import SegmentRequest, segment_file  # noqa: E402
+from LightSegLib.pipeline import SegmentRequest, make_segmenter, segment_file  # noqa: E402
 from LightSegLib.read_ahead import start_reading  # noqa: E402
 from LightSegLib.models import MiniSeg, ULite  # noqa: E402
 from LightSegLib.models.miniseg import AHSP  # noqa: E402
@@ -189,7 +187,7 @@ def main() -> None:
 def warm_process_rows(tmp: Path, seconds: float) -> None:
     """The second of two P001 segmentations in one process (read in line, as Slicer's "Load data" then "Segment"
     does, and read ahead during the first, as a one-worker batch does), and P001's lung mask against the network."""
-    segmenter = Segmenter(registry.resolve(None), "cpu")
+    segmenter = make_segmenter(None, "cpu")  # as Slicer and batch workers run it: with the pattern network
     request = SegmentRequest(P001, tmp / "warm.nrrd", force=True)
     print(f"\n{'warm process (the 2nd segmentation)':<36} {'wall s':>7} {'ref s':>7} {'ratio':>6}  stages (s)")
     with ThreadPoolExecutor(max_workers=1) as pool:

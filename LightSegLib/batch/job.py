@@ -18,7 +18,9 @@ from .studies import Study, fingerprint, output_paths
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 REGION_COLUMNS = tuple(f"{side}_{region}" for side in ("right", "left")
                        for region in ("upper", "middle", "lower", "posterior", "peripheral", "high_opacity"))
-COLUMNS = ("id", "status", "infection_ml", "lung_ml", "right_percent", "left_percent", *REGION_COLUMNS, "slices",
+PATTERN_COLUMNS = ("ground_glass_ml", "consolidation_ml")
+COLUMNS = ("id", "status", "infection_ml", *PATTERN_COLUMNS, "lung_ml", "right_percent", "left_percent",
+           *REGION_COLUMNS, "slices",
            "model_id", "model_sha256", "device", "seconds", "worker_peak_rss_mb", "error")
 
 
@@ -32,10 +34,11 @@ class BatchSettings:
     device: str = "auto"
     force: bool = False
     threads: int | None = None  # torch threads per worker
+    report_pdf: bool = False  # also each study's one-page report, STUDY.pdf beside its mask
 
 
 def _region_cells(report: dict[str, Any]) -> dict[str, Any]:
-    """The regional percents of a report (empty for a report written before they existed)."""
+    """The regional percents and pattern volumes of a report (empty for a report written before they existed)."""
     cells = {}
     for side in ("right", "left"):
         regions = report.get("regions", {}).get(side) or {}
@@ -43,6 +46,8 @@ def _region_cells(report: dict[str, Any]) -> dict[str, Any]:
             cells[f"{side}_{region}"] = regions.get("zones_percent", {}).get(region, "")
         for region in ("posterior", "peripheral", "high_opacity"):
             cells[f"{side}_{region}"] = regions.get(f"{region}_percent", "")
+    patterns = report.get("patterns") or {}
+    cells.update({column: patterns.get(column, "") for column in PATTERN_COLUMNS})
     return cells
 
 
@@ -88,13 +93,12 @@ class StudyRunner:
     def __init__(self, settings: BatchSettings) -> None:
         import torch
 
-        from .. import registry
-        from ..engine import Segmenter
+        from ..pipeline import make_segmenter
 
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.settings = settings
-        self.segmenter = Segmenter(registry.resolve(settings.model), settings.device)
+        self.segmenter = make_segmenter(settings.model, settings.device)
         self._reader = ThreadPoolExecutor(max_workers=1)
         self._ahead: ReadAhead | None = None  # the next study, being read while this one runs
         self.studies_read_ahead = 0  # how many studies came from a read ahead
@@ -124,13 +128,17 @@ class StudyRunner:
         try:
             input_fingerprint = fingerprint(study.path)
             mask_path.parent.mkdir(parents=True, exist_ok=True)
-            for output in (mask_path, report_path):
-                remove_stale_temporaries(output)
+            page_path = report_path.with_suffix(".pdf") if self.settings.report_pdf else None
+            for output in (mask_path, report_path, page_path):
+                if output is not None:
+                    remove_stale_temporaries(output)
             report_path.unlink(missing_ok=True)  # the report marks a finished study: gone until this one is
-            request = SegmentRequest(study.path, mask_path, force=True)
+            request = SegmentRequest(study.path, mask_path, force=True, report_pdf=page_path)
             outcome = segment_file(request, segmenter=self.segmenter, read_ahead=ahead)
             if outcome.warnings:  # no lungs: an empty mask is no result
                 mask_path.unlink(missing_ok=True)
+                if page_path is not None:
+                    page_path.unlink(missing_ok=True)
                 return failed_row(study, outcome.warnings[0], time.perf_counter() - start)
             report = {**outcome.report, "batch": {"study": study.id, "input_fingerprint": input_fingerprint,
                                                   "format": self.settings.fmt}}

@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (local workers)")
     p.add_argument("--format", default="nrrd", choices=FORMATS, help="mask format (dcm: DICOM Segmentation, for "
                                                                      "DICOM series studies)")
+    p.add_argument("--report-pdf", action="store_true",
+                   help="also write each study's one-page report (STUDY.pdf beside its mask; CT volumes)")
     p.add_argument("--progress-json", action="store_true", help="one JSON line per finished study on stdout")
     p.add_argument("--force", action="store_true", help="redo every study, even those already done")
     p.set_defaults(func=run)
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     workers = args.workers or os.cpu_count() or 1
     settings = BatchSettings(str(args.output_dir), args.format, args.model, args.device, args.force,
-                             threads=max(1, (os.cpu_count() or 1) // workers))
+                             threads=max(1, (os.cpu_count() or 1) // workers), report_pdf=args.report_pdf)
     rows: dict[str, dict] = {}
     bar = tqdm(total=len(studies), unit="study", disable=not sys.stderr.isatty())
 

@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also write the one-page report: slices, a coronal view, the numbers, the model")
     p.add_argument("--report-pdf-dcm", type=Path, metavar="PATH.dcm",
                    help="also write that page as a DICOM Encapsulated PDF in the source's study (DICOM input)")
+    p.add_argument("--patterns", type=Path, metavar="PATH",
+                   help="also write the pattern map: 0 none, 1 ground-glass opacity, 2 consolidation (an image on "
+                        "the input's grid: .nii.gz, .nrrd or .mha; .png for a 2D slice)")
     p.add_argument("--batch-size", type=int, help="slices per network batch")
     p.add_argument("--test-time-flips", metavar="FLIPS", help=FLIPS_HELP)
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
         request = SegmentRequest(args.input, args.output, args.model, args.device, args.probabilities, args.report,
                                  args.force, args.batch_size, flips, args.report_sr, args.series, args.report_pdf,
-                                 args.report_pdf_dcm)
+                                 args.report_pdf_dcm, args.patterns)
         update, close = progress_bar("segmenting")
         try:
             outcome = segment_file(request, progress=update, read_ahead=reading)
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             close()
     for line in summary_lines(outcome.report):
         print(line)
-    written = " and ".join(str(p) for p in (args.output, args.report_sr, args.report_pdf, args.report_pdf_dcm)
-                           if p is not None)
+    written = " and ".join(str(p) for p in (args.output, args.patterns, args.report_sr, args.report_pdf,
+                                            args.report_pdf_dcm) if p is not None)
     print(f"wrote {written} in {outcome.report['timings_s']['total']:.1f} s on {outcome.report['device']}")
     return 0

@@ -42,12 +42,11 @@ class Node:
     """``start()`` listens and works in background threads; ``stop()`` ends both (what is queued stays queued)."""
 
     def __init__(self, settings: NodeSettings) -> None:
-        from ..engine import Segmenter
-        from ..registry import resolve
+        from ..pipeline import make_segmenter
 
         self.settings = settings
         self.queue = SeriesQueue(settings.storage)
-        self.segmenter = Segmenter(resolve(settings.model), settings.device)
+        self.segmenter = make_segmenter(settings.model, settings.device)
         self._stop = threading.Event()
         self._server = None
         self._worker: threading.Thread | None = None

@@ -31,8 +31,8 @@ class SliceSet:
         return len(self.images)
 
     def subset(self, indices: list[int] | np.ndarray) -> "SliceSet":
-        return SliceSet([self.images[i] for i in indices], [self.targets[i] for i in indices],
-                        [self.names[i] for i in indices])
+        return type(self)([self.images[i] for i in indices], [self.targets[i] for i in indices],
+                          [self.names[i] for i in indices])
 
     def extend(self, other: "SliceSet") -> None:
         self.images += other.images
