@@ -60,6 +60,8 @@ class ModelCard:
     # 3D clean-up of the infection mask on volumes (postprocess.PostProcessing's fields); empty: none
     postprocessing: dict[str, Any] = field(default_factory=dict)
     classes: list[str] = field(default_factory=lambda: ["background", "infection"])
+    # 0: the slice in every input channel; else the slices this many mm below, at and above it (volumes only)
+    neighbour_slices_mm: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     parent: dict[str, Any] | None = None
@@ -80,7 +82,7 @@ class ModelCard:
     def input_spec(self) -> InputSpec:
         return InputSpec(self.normalisation["mean"], self.normalisation["std"], self.output_activation,
                          self.infection_channel, (int(self.input_size[0]), int(self.input_size[1])),
-                         tuple(self.test_time_flips))
+                         tuple(self.test_time_flips), float(self.neighbour_slices_mm))
 
     def postprocessing_settings(self) -> PostProcessing:
         return PostProcessing.from_card(self.postprocessing)

@@ -27,7 +27,7 @@ from .patterns.model import PatternModel
 from .patterns.pattern_map import CONSOLIDATION, GROUND_GLASS, pattern_map
 from .postprocess import PostProcessing, clean_infection
 from .lung_crops import LungCrops, SliceBoxes, lung_crops
-from .preprocess import crop_affines, crops_for_network, resample, restrict_to_window
+from .preprocess import crop_affines, neighbour_step, network_inputs, resample, restrict_to_window
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
@@ -187,12 +187,13 @@ class Segmenter:
         height, width = hu.shape[1:]
         to_crop, to_slice = crop_affines(crops.boxes, height, width)
         total = len(crops.slices)
+        step = neighbour_step(view.spacing[0], self.spec.neighbour_mm)
         for start in range(0, total, self.batch_size):
             if cancel is not None and cancel():
                 raise Cancelled()
             batch = slice(start, start + self.batch_size)
             z = crops.slices[batch]
-            x01 = crops_for_network(hu[z], to_crop[batch], self.card.hu_window, self.spec.size, self.device)
+            x01 = network_inputs(hu, z, to_crop[batch], self.card.hu_window, self.spec.size, step, self.device)
             prob_small = self._forward(x01)
             # back onto the slices only inside the batch's union of crop boxes, which holds all of their lung
             boxes = crops.boxes[batch]
@@ -203,7 +204,8 @@ class Segmenter:
             labels_c[window] = np.where(lungs.lungs[window], np.where(prob >= THRESHOLD, INFECTION, LUNG), 0)
             if self.patterns is not None:
                 pattern_tic = time.perf_counter()
-                self._consolidation_of_batch(consolidation_small, labels_c[window], x01, start)
+                centre = x01[:, x01.shape[1] // 2, None]  # the slice itself, whatever its neighbour channels
+                self._consolidation_of_batch(consolidation_small, labels_c[window], centre, start)
                 pattern_seconds += time.perf_counter() - pattern_tic
             if prob_c is not None:
                 prob_c[window] = prob

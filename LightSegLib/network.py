@@ -19,6 +19,8 @@ class InputSpec:
     infection_channel: int = 1
     size: tuple[int, int] = (288, 288)
     flips: tuple[str, ...] = ()  # test-time flips: probabilities averaged over the plain and each flipped pass
+    # 0: each input channel is the slice itself; else the channels are the slices this far below, at and above it
+    neighbour_mm: float = 0.0
 
 
 # Image axis of (B, C, H, W) input that each test-time flip reverses.

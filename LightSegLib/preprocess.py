@@ -48,6 +48,22 @@ def crops_for_network(hu_slices: np.ndarray, to_crop: torch.Tensor, window: HUWi
     return resample(window_to_unit(hu, window), to_crop, size, "border")
 
 
+def neighbour_step(spacing_mm: float, neighbour_mm: float) -> int:
+    """Slices between a slice and its neighbour channels: ``neighbour_mm`` in whole slices, at least 1 (0 if off)."""
+    return max(1, round(neighbour_mm / spacing_mm)) if neighbour_mm > 0 else 0
+
+
+def network_inputs(hu: np.ndarray, z: np.ndarray, to_crop: torch.Tensor, window: HUWindow, size: tuple[int, int],
+                   step: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Slices ``z`` of the (S, P, L) HU volume as (N, C, *size) network inputs: one channel (``step`` 0), or three:
+    the slices ``step`` below, at and above each (clamped to the volume), all cut with that slice's crop box."""
+    if not step:
+        return crops_for_network(hu[z], to_crop, window, size, device)
+    below, above = np.clip(z - step, 0, len(hu) - 1), np.clip(z + step, 0, len(hu) - 1)
+    stacked = crops_for_network(hu[np.concatenate([below, z, above])], to_crop.repeat(3, 1, 1), window, size, device)
+    return stacked[:, 0].view(3, len(z), *size).transpose(0, 1).contiguous()
+
+
 def resample(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], padding: str = "zeros") -> torch.Tensor:
     """Bilinear resampling of (N, C, H, W) through per-sample affines onto an output grid of ``size``."""
     grid = F.affine_grid(theta.to(x.device, x.dtype), [x.shape[0], x.shape[1], *size], align_corners=False)

@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="CT slices (negative and slice-labelled) added to each step's batch (default 4)")
     p.add_argument("--ct-weight", type=float, default=1.0, metavar="W",
                    help="weight of the CT slices' loss (default 1)")
+    p.add_argument("--neighbour-mm", type=float, default=0.0, metavar="MM",
+                   help="feed the network the slices MM below and above a CT slice as its outer input channels "
+                        "(a 2D slice fills all three; default 0: the slice in every channel)")
     p.add_argument("--name", required=True, help="model id, also the output file names")
     p.add_argument("-o", "--output", type=Path, help="output folder (default: the user model store)")
     p.add_argument("--init", help="start from this model's weights (id or card path)")
@@ -100,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         raise LightSegError("--tversky-beta must be between 0 and 1", args.tversky_beta)
     if not 0 < args.min_contrast <= 1:
         raise LightSegError("--min-contrast must be above 0 and at most 1", args.min_contrast)
+    if args.neighbour_mm < 0:
+        raise LightSegError("--neighbour-mm must be 0 or more", args.neighbour_mm)
+    if args.neighbour_mm and recipe["config"]["in_channels"] != 3:
+        raise LightSegError(f"--neighbour-mm needs a network with three input channels (miniseg); {args.arch} has "
+                            f"{recipe['config']['in_channels']}", args.neighbour_mm)
     if args.threads:
         torch.set_num_threads(args.threads)
     output = args.output or registry.user_dir()
@@ -144,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, val_fold=args.val_fold, keep=args.keep, init=init,
         hu_window=window, test_time_flips=flips,
         postprocessing=dict(init.postprocessing) if init else RECOMMENDED_POSTPROCESSING.to_card(), version=args.version, description=args.description,
-        pseudo=pseudo, pseudo_description=pseudo_description, ct=ct, ct_description=ct_description)
+        pseudo=pseudo, pseudo_description=pseudo_description, ct=ct, ct_description=ct_description,
+        extra_card={"neighbour_slices_mm": args.neighbour_mm} if args.neighbour_mm else {})
     path, result = run_training(request, cfg, describe_command(), on_epoch=print_epoch)
     print(f"saved {path} (epoch {result.best_epoch if args.keep == 'best' else len(result.history)} kept, "
           f"{result.stopped}, {result.seconds / 60:.1f} min)")
@@ -186,7 +195,7 @@ def _ct_slices(args: argparse.Namespace, window, input_size: int, init) -> tuple
     data, description = SliceSet(), {}
     if args.negative_volumes:
         paths = [p for folder in args.negative_volumes for p in ct_inputs(folder)]
-        negatives = negative_ct_slices(paths, window, size)
+        negatives = negative_ct_slices(paths, window, size, neighbour_mm=args.neighbour_mm)
         data.extend(negatives.slices)
         description["negative_volumes"] = {"folders": [str(f) for f in args.negative_volumes],
                                            "cts": [ct_name(p) for p in paths], **negatives.summary}
@@ -201,7 +210,7 @@ def _ct_slices(args: argparse.Namespace, window, input_size: int, init) -> tuple
                 raise LightSegError("--infected-slices teacher needs --teacher or --init")
             teacher = Segmenter(teacher_card, args.device)
         paths = [p for folder in args.slice_labelled_volumes for p in ct_inputs(folder)]
-        labelled = slice_labelled_ct_slices(paths, window, size, teacher)
+        labelled = slice_labelled_ct_slices(paths, window, size, teacher, args.neighbour_mm)
         data.extend(labelled.slices)
         description["slice_labelled_volumes"] = {"folders": [str(f) for f in args.slice_labelled_volumes],
                                                  "cts": [ct_name(p) for p in paths], **labelled.summary}

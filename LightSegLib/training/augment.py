@@ -55,15 +55,18 @@ def geometric(images: torch.Tensor, targets: torch.Tensor, cfg: AugmentConfig, g
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur with one sigma per sample (grouped convolution)."""
-    n, _, h, w = x.shape
+    n, c, h, w = x.shape
     radius = 3
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernels = torch.exp(-(offsets[None] ** 2) / (2 * sigma[:, None] ** 2))
     kernels = kernels / kernels.sum(1, keepdim=True)
-    flat = x.view(1, n, h, w)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernels.view(n, 1, 1, -1), groups=n)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernels.view(n, 1, -1, 1), groups=n)
-    return flat.view(n, 1, h, w)
+    kernels = kernels.repeat_interleave(c, 0)  # each sample's sigma for each of its channels
+    flat = x.reshape(1, n * c, h, w)
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="replicate"), kernels.view(n * c, 1, 1, -1),
+                    groups=n * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="replicate"), kernels.view(n * c, 1, -1, 1),
+                    groups=n * c)
+    return flat.view(n, c, h, w)
 
 
 def reduce_contrast(images: torch.Tensor, min_contrast: float, gen: torch.Generator) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ..errors import LightSegError
 from ..geometry import axial_positions
 from ..io import INFECTION, VOLUME_SUFFIXES, read_image, suffix_of
 from ..lung_crops import LungCrops, lung_crops
-from ..preprocess import crop_affines, crops_for_network, resample
+from ..preprocess import crop_affines, neighbour_step, network_inputs, resample
 from .slices import SliceSet
 
 if TYPE_CHECKING:
@@ -94,10 +94,14 @@ def _lung_slice_batches(scan: LungCrops) -> Iterator[tuple[np.ndarray, torch.Ten
         yield scan.crops.slices[start:start + BATCH], to_crop[start:start + BATCH]
 
 
-def network_slices(scan: LungCrops, window: HUWindow, size: tuple[int, int]) -> np.ndarray:
-    """(N, H, W) float32 network inputs in [0, 1] of every lung slice, as the engine makes them."""
-    return np.concatenate([crops_for_network(scan.hu[z], theta, window, size)[:, 0].numpy()
-                           for z, theta in _lung_slice_batches(scan)])
+def network_slices(scan: LungCrops, window: HUWindow, size: tuple[int, int], neighbour_mm: float = 0.0
+                   ) -> np.ndarray:
+    """Float32 network inputs in [0, 1] of every lung slice, as the engine makes them: (N, H, W), or (N, 3, H, W)
+    with the neighbour slices ``neighbour_mm`` below and above as the outer channels."""
+    step = neighbour_step(scan.view.spacing[0], neighbour_mm)
+    inputs = np.concatenate([network_inputs(scan.hu, z, theta, window, size, step).numpy()
+                             for z, theta in _lung_slice_batches(scan)])
+    return inputs if step else inputs[:, 0]
 
 
 def network_targets(scan: LungCrops, canonical: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -132,7 +136,7 @@ def near_lesion_slices(image: sitk.Image, scan: LungCrops, lesions_path: Path, m
 
 
 def negative_ct_slices(paths: list[Path], window: HUWindow, size: tuple[int, int],
-                       margin_mm: float = LESION_MARGIN_MM) -> CTSlices:
+                       margin_mm: float = LESION_MARGIN_MM, neighbour_mm: float = 0.0) -> CTSlices:
     """Every lung slice of CTs without infection, target 0, less the slices near annotated lesions."""
     result = SliceSet()
     left_out = 0
@@ -143,10 +147,10 @@ def negative_ct_slices(paths: list[Path], window: HUWindow, size: tuple[int, int
         if lesions is not None:
             keep = ~near_lesion_slices(image, scan, lesions, margin_mm)[scan.crops.slices]
             left_out += int((~keep).sum())
-        inputs = network_slices(scan, window, size)
+        inputs = network_slices(scan, window, size, neighbour_mm)
         for z, x in zip(scan.crops.slices[keep], inputs[keep]):
             result.images.append(x)
-            result.targets.append(np.zeros_like(x))
+            result.targets.append(np.zeros(size, np.float32))
             result.names.append(f"negative{index}-slice{z}")
     summary = {"volumes": len(paths), "slices": len(result), "slices_near_lesions_left_out": left_out,
                "lesion_margin_mm": margin_mm}
@@ -154,7 +158,7 @@ def negative_ct_slices(paths: list[Path], window: HUWindow, size: tuple[int, int
 
 
 def slice_labelled_ct_slices(paths: list[Path], window: HUWindow, size: tuple[int, int],
-                             teacher: Segmenter | None) -> CTSlices:
+                             teacher: Segmenter | None, neighbour_mm: float = 0.0) -> CTSlices:
     """Lung slices of CTs with slice labels: clear ones target 0; infected ones the teacher's cleaned probability
     (``teacher`` None: infected slices are left out)."""
     from ..evaluation import read_slice_labels
@@ -170,8 +174,8 @@ def slice_labelled_ct_slices(paths: list[Path], window: HUWindow, size: tuple[in
         positions = axial_positions(image, scan.view)[scan.crops.slices]
         nearest = np.abs(positions[:, None] - locations[None, :]).argmin(axis=1)
         infected = visible[nearest]
-        inputs = network_slices(scan, window, size)
-        targets = np.zeros_like(inputs)
+        inputs = network_slices(scan, window, size, neighbour_mm)
+        targets = np.zeros((len(inputs), *size), np.float32)
         if teacher is not None and infected.any():
             targets = _teacher_targets(teacher, image, scan, size)
         for i, (z, x) in enumerate(zip(scan.crops.slices, inputs)):
@@ -180,7 +184,7 @@ def slice_labelled_ct_slices(paths: list[Path], window: HUWindow, size: tuple[in
                 continue
             counts["infected" if infected[i] else "clear"] += 1
             result.images.append(x)
-            result.targets.append(targets[i] if infected[i] else np.zeros_like(x))
+            result.targets.append(targets[i] if infected[i] else np.zeros(size, np.float32))
             result.names.append(f"labelled{index}-slice{z}")
     summary = {"volumes": len(paths), "slices": len(result), "clear_slices": counts["clear"],
                "infected_slices": counts["infected"], "infected_slices_left_out": counts["infected_left_out"],

@@ -69,7 +69,8 @@ def site_from_negatives(folder: Path, base: ModelCard) -> SiteData:
     a non-CT or lung-less volume among them is refused with one line naming it."""
     if base.hu_window is None:
         raise LightSegError("base model has no HU window, so it cannot be fine-tuned on CT volumes", base.path)
-    extracted = negative_ct_slices(ct_inputs(folder), base.hu_window, base.input_spec().size)
+    extracted = negative_ct_slices(ct_inputs(folder), base.hu_window, base.input_spec().size,
+                                   neighbour_mm=base.neighbour_slices_mm)
     return SiteData(extracted.slices, {"kind": "CTs without infection", **extracted.summary})
 
 
@@ -203,6 +204,7 @@ def run_finetune(request: FinetuneRequest, cfg: TrainConfig, command: list[str],
         description=f"{base.id} fine-tuned on site data with lightseg finetune",
         output_activation=base.output_activation, infection_channel=base.infection_channel,
         test_time_flips=list(base.test_time_flips), postprocessing=dict(base.postprocessing),
+        neighbour_slices_mm=base.neighbour_slices_mm,
         training={
             "command": shlex.join(redact_site_paths(command)),
             "site_data": site_summary,

@@ -246,7 +246,9 @@ def train(model: nn.Module, spec: InputSpec, train_set: SliceSet, val_set: Slice
             sizes, loss_weights = [len(idx)], [1.0]
             for stream, count, weight in extras:
                 x_extra, y_extra = augment(*stream.take(count), cfg.augment, gen)
-                x, y = torch.cat([x, x_extra]), torch.cat([y, y_extra])
+                channels = max(x.shape[1], x_extra.shape[1])  # a 2D slice is its own neighbour slices
+                x = torch.cat([x.expand(-1, channels, -1, -1), x_extra.expand(-1, channels, -1, -1)])
+                y = torch.cat([y, y_extra])
                 sizes.append(count)
                 loss_weights.append(weight)
             lr = cfg.lr * (1 - _progress(step, total_steps, time.monotonic() - start, cfg.minutes)) ** 0.9

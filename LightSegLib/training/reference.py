@@ -15,21 +15,23 @@ from ..cards import ModelCard
 from ..io import read_image
 from ..network import forward_probability
 from ..lung_crops import lung_crops
-from ..preprocess import crop_affines, crops_for_network
+from ..preprocess import crop_affines, neighbour_step, network_inputs
 from ..sample import sample_path
 
 REFERENCE_SLICES = 32
 
 
 def reference_inputs(card: ModelCard, count: int = REFERENCE_SLICES) -> torch.Tensor | None:
-    """(N, 1, H, W) [0, 1] network inputs from evenly spaced lung slices of the sample CT; None without an HU window."""
+    """(N, C, H, W) [0, 1] network inputs from evenly spaced lung slices of the sample CT (C 3 for a card with
+    neighbour slices, else 1); None without an HU window."""
     if card.hu_window is None:
         return None
     scan = lung_crops(read_image(sample_path()).image)
     hu, crops = scan.hu, scan.crops
     picks = np.linspace(0, len(crops.slices) - 1, min(count, len(crops.slices))).round().astype(int)
     to_crop, _ = crop_affines(crops.boxes[picks], *hu.shape[1:])
-    return crops_for_network(hu[crops.slices[picks]], to_crop, card.hu_window, card.input_spec().size)
+    step = neighbour_step(scan.view.spacing[0], card.neighbour_slices_mm)
+    return network_inputs(hu, crops.slices[picks], to_crop, card.hu_window, card.input_spec().size, step)
 
 
 @torch.inference_mode()

@@ -47,14 +47,17 @@ class SliceSet:
         return (float(np.mean([im.mean() for im in self.images])), float(np.mean([im.std() for im in self.images])))
 
     def as_tensors(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,1,S,S) images and (N,1,S,S) targets, each resized (bilinear) to the network's square input."""
+        """(N,C,S,S) images (C 1, or 3 with neighbour slices) and (N,1,S,S) targets, each resized (bilinear) to the
+        network's square input."""
         images = torch.cat([_resize(im, size) for im in self.images])
         targets = torch.cat([_resize(t, size) for t in self.targets])
         return images, targets
 
 
 def _resize(array: np.ndarray, size: int) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    """(H, W) or (C, H, W) -> (1, C, size, size)."""
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    t = t[None, None] if t.ndim == 2 else t[None]
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
