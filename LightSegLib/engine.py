@@ -78,6 +78,7 @@ class Segmenter:
         self.model = inference_form(load_network(card)).to(self.device, memory_format=torch.channels_last)
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
         self.patterns = patterns
+        self.threshold = THRESHOLD  # infection probability at or above which a voxel is infection
         if patterns is not None:
             patterns.net.to(self.device)
 
@@ -145,7 +146,7 @@ class Segmenter:
         prob = predict_image(self.model, self.spec, image01, self.device)
         if probabilities is not None:
             probabilities[...] = prob
-        label_array = (prob >= THRESHOLD).astype(np.uint8) * INFECTION
+        label_array = (prob >= self.threshold).astype(np.uint8) * INFECTION
         patterns = None
         if self.patterns is not None:
             consolidation = self._slice_consolidation(image01)
@@ -201,7 +202,7 @@ class Segmenter:
             theta = restrict_to_window(to_slice[batch], (y0, y1, x0, x1), height, width)
             prob = resample(prob_small[:, None], theta, (y1 - y0, x1 - x0))[:, 0].clamp_(0, 1).cpu().numpy()
             window = (z, slice(y0, y1), slice(x0, x1))
-            labels_c[window] = np.where(lungs.lungs[window], np.where(prob >= THRESHOLD, INFECTION, LUNG), 0)
+            labels_c[window] = np.where(lungs.lungs[window], np.where(prob >= self.threshold, INFECTION, LUNG), 0)
             if self.patterns is not None:
                 pattern_tic = time.perf_counter()
                 centre = x01[:, x01.shape[1] // 2, None]  # the slice itself, whatever its neighbour channels

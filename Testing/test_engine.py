@@ -138,3 +138,16 @@ def test_test_time_flips_average_the_flipped_passes(untrained_card, sample):
     from LightSegLib.report import build_report
 
     assert build_report(result, flipped.card, "cpu", "sample")["model"]["test_time_flips"] == ["horizontal", "vertical"]
+
+
+def test_the_threshold_cuts_the_probability_where_the_benchmark_sets_it(untrained_card, sample):
+    """`Segmenter.threshold` (swept by benchmarks/threshold_tradeoff.py) decides infection before the clean-up: no
+    voxel is infection above every probability, and a lower cut never calls less."""
+    segmenter = Segmenter(untrained_card, "cpu")
+    probabilities = np.zeros(sitk.GetArrayViewFromImage(sample).shape, np.float32)
+    counts = []
+    for threshold in (0.3, 0.5, 1.01):
+        segmenter.threshold = threshold
+        labels = sitk.GetArrayFromImage(segmenter.segment_volume(sample, probabilities=probabilities).labels)
+        counts.append(int((labels == INFECTION).sum()))
+    assert counts[0] >= counts[1] > counts[2] == 0
