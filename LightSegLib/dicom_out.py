@@ -84,7 +84,7 @@ def build_segmentation(labels: sitk.Image, sources: list[pydicom.Dataset], card:
     label_array = sitk.GetArrayViewFromImage(labels)
     if label_array.shape[0] != len(sources):
         raise LightSegError(f"the label map has {label_array.shape[0]} slices, the source series {len(sources)}")
-    specs = segments_of(patterns)
+    specs = segments_of(patterns is not None)
     by_id = segment_masks(label_array, None if patterns is None else sitk.GetArrayViewFromImage(patterns))
     masks = np.stack([by_id[s["id"]] for s in specs], axis=-1)
     algorithm = _algorithm(card)

@@ -149,17 +149,11 @@ class Segmenter:
         label_array = (prob >= self.threshold).astype(np.uint8) * INFECTION
         patterns = None
         if self.patterns is not None:
-            consolidation = self._slice_consolidation(image01)
+            x = torch.from_numpy(np.ascontiguousarray(image01))[None, None].to(self.device)
+            consolidation = self.patterns.consolidation(x, full_size=True)[0].cpu().numpy()
             patterns = image_from_array(pattern_map(label_array, consolidation), image)
         return Segmentation(image_from_array(label_array, image), None, None, 1, 1,
                             {"inference": time.perf_counter() - start}, self.spec.flips, patterns=patterns)
-
-    def _slice_consolidation(self, image01: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(image01))[None, None].to(self.device)
-        size = self.patterns.card.input_size
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        prob = self.patterns.consolidation(x)[:, None]
-        return F.interpolate(prob, size=image01.shape, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
 
     def segment_volume(self, image: sitk.Image, progress: Progress | None = None, cancel: Cancel | None = None,
                        probabilities: np.ndarray | None = None, scan: LungCrops | None = None) -> Segmentation:

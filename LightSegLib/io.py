@@ -67,9 +67,9 @@ PATTERN_SEGMENTS = (
 )
 
 
-def segments_of(patterns: "sitk.Image | None") -> tuple[dict, ...]:
+def segments_of(with_patterns: bool) -> tuple[dict, ...]:
     """The segments written for a result: Lungs and Infection, and the two patterns when there is a pattern map."""
-    return SEGMENTS + (PATTERN_SEGMENTS if patterns is not None else ())
+    return SEGMENTS + (PATTERN_SEGMENTS if with_patterns else ())
 
 
 def segment_masks(labels: np.ndarray, patterns: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -270,7 +270,7 @@ def _write_seg_nrrd(labels: sitk.Image, path: Path, patterns: sitk.Image | None 
         raise LightSegError(".seg.nrrd output is for volumes", path)
     array = sitk.GetArrayViewFromImage(labels)  # (k, j, i)
     pattern_array = None if patterns is None else sitk.GetArrayViewFromImage(patterns)
-    specs = segments_of(patterns)
+    specs = segments_of(patterns is not None)
     masks = segment_masks(array, pattern_array)
     # Built as (k, j, i, layer) so that the (layer, i, j, k) view slicerio writes in Fortran order is contiguous
     # (no 75 MB transpose on a 512 x 512 x 148 CT).

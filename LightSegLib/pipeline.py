@@ -158,8 +158,8 @@ def segment_file(request: SegmentRequest, progress: Progress | None = None, canc
     for output in (request.output, request.patterns):
         if output is not None and not loaded.is_2d and io.suffix_of(output) == ".png":
             raise LightSegError("PNG output is for 2D slices; use .nii.gz, .nrrd or .seg.nrrd", output)
-        if output is not None and loaded.is_2d and output is request.patterns and io.suffix_of(output) != ".png":
-            raise LightSegError("the pattern map of a 2D slice is a PNG", output)
+    if request.patterns is not None and loaded.is_2d and io.suffix_of(request.patterns) != ".png":
+        raise LightSegError("the pattern map of a 2D slice is a PNG", request.patterns)
     if request.patterns is not None and segmenter.patterns is None:
         raise LightSegError("--patterns needs a pattern model; this segmenter has none", request.patterns)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .io import PATTERN_SEGMENTS, SEGMENTS
+from .io import segments_of
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -48,9 +48,8 @@ def terminology_entry(terminology: dict[str, Any]) -> str:
 def segment_specs(with_patterns: bool = False) -> list[dict[str, Any]]:
     """The segments LightSeg creates: id, name, colour and terminology entry ("Lungs", "Infection", and with a
     pattern model "Ground-glass opacity" and "Consolidation"); their voxels come from ``io.segment_masks``."""
-    specs = SEGMENTS + (PATTERN_SEGMENTS if with_patterns else ())
     return [{"id": s["id"], "name": s["name"], "color": tuple(s["color"]),
-             "terminology": terminology_entry(s["terminology"])} for s in specs]
+             "terminology": terminology_entry(s["terminology"])} for s in segments_of(with_patterns)]
 
 
 def results_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -77,8 +77,8 @@ class PatternModel:
         depend on the resolution), or at (H,W) with ``full_size``."""
         size = (self.card.input_size, self.card.input_size)
         x = x01.float()
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        if tuple(x.shape[-2:]) != size:  # antialiased, as the training slices were resized
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         prob = torch.sigmoid(self.net((x - self.card.mean) / self.card.std))
         if full_size:
             prob = F.interpolate(prob, size=x01.shape[-2:], mode="bilinear", align_corners=False)
