@@ -3,8 +3,8 @@
     python benchmarks/montage_models.py LIDC-IDRI-0003 --models miniseg-covid build/cand/neg.json -o build/m.png
 
 Each row is one model (the first is "before"); the columns are the slices with the most infection under the first
-model (with --clear-slices, only slices the radiologists labelled clear). Lungs are outlined in blue, infection is red;
-annotated nodules or tumours (NAME_lesions.nrrd) are shown in yellow. Cases are folders of ../shared/data/covid-ct-md
+model (with --clear-slices or --infected-slices, only slices the radiologists labelled so). Lungs are outlined in
+blue, infection is red; annotated nodules or tumours (NAME_lesions.nrrd) are shown in yellow. Cases are folders of ../shared/data/covid-ct-md
 or ../shared/data/public-cts.
 """
 
@@ -39,15 +39,19 @@ def main() -> None:
     parser.add_argument("case", help="a case folder name under ../shared/data/covid-ct-md or public-cts")
     parser.add_argument("--models", nargs=2, required=True, help="before and after: model ids or card paths")
     parser.add_argument("-o", "--output", type=Path, required=True)
-    parser.add_argument("--clear-slices", action="store_true", help="only slices labelled clear")
+    labels = parser.add_mutually_exclusive_group()
+    labels.add_argument("--clear-slices", action="store_true", help="only slices labelled clear")
+    labels.add_argument("--infected-slices", action="store_true", help="only slices labelled infected")
     parser.add_argument("--count", type=int, default=6)
     args = parser.parse_args()
 
     folder = case_folders(DATA)[args.case]
     image = read_image(folder).image
     results = [Segmenter(registry.resolve(m), "cpu").segment_volume(image) for m in args.models]
+    labelled = args.clear_slices or args.infected_slices
     picks = most_infected_slices(results[0], image, args.count,
-                                 folder.parent / f"{args.case}_slice_labels.csv" if args.clear_slices else None)
+                                 folder.parent / f"{args.case}_slice_labels.csv" if labelled else None,
+                                 labelled_infected=args.infected_slices)
     view = results[0].view
     hu = view.to_canonical(sitk.GetArrayViewFromImage(image))
     lungs = results[0].lungs.lungs

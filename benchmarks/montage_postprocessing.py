@@ -60,17 +60,18 @@ def main() -> None:
 
 
 def most_infected_slices(result: Segmentation, image: sitk.Image, count: int,
-                         clear_only_labels: Path | None = None) -> list[int]:
+                         slice_labels: Path | None = None, labelled_infected: bool = False) -> list[int]:
     """The canonical indices of the ``count`` slices with the most infection in ``result`` (at least the slice-call
-    area), in order; with a slice-label CSV, only among the slices the radiologists labelled clear."""
+    area), in order; with a slice-label CSV, only among the slices the radiologists labelled clear (or, with
+    ``labelled_infected``, infected)."""
     area, positions = infected_area_per_slice(result, image)
     candidates = area >= MIN_INFECTED_AREA_MM2
-    if clear_only_labels is not None:
-        locations, visible = read_slice_labels(clear_only_labels)
-        clear = np.zeros(len(area), bool)
-        for location in locations[~visible]:
-            clear[int(np.argmin(np.abs(positions - location)))] = True
-        candidates &= clear
+    if slice_labels is not None:
+        locations, visible = read_slice_labels(slice_labels)
+        wanted = np.zeros(len(area), bool)
+        for location in locations[visible == labelled_infected]:
+            wanted[int(np.argmin(np.abs(positions - location)))] = True
+        candidates &= wanted
     return sorted(int(z) for z in np.flatnonzero(candidates)[np.argsort(-area[candidates])][:count])
 
 
