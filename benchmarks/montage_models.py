@@ -4,8 +4,8 @@
 
 Each row is one model (the first is "before"); the columns are the slices with the most infection under the first
 model (with --clear-slices or --infected-slices, only slices the radiologists labelled so). Lungs are outlined in
-blue, infection is red; annotated nodules or tumours (NAME_lesions.nrrd) are shown in yellow. Cases are folders of ../shared/data/covid-ct-md
-or ../shared/data/public-cts.
+blue, infection is red; annotated nodules or tumours (NAME_lesions.nrrd) are shown in yellow. Cases are folders of
+../shared/data/covid-ct-md or ../shared/data/public-cts.
 """
 
 from __future__ import annotations
