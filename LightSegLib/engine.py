@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .cards import ModelCard, load_network
+from .confirming import ConfirmingNetwork
 from .devices import pick_device
 from .errors import LightSegError
 from .geometry import AxialView, image_from_array
@@ -67,7 +68,8 @@ class Segmenter:
                  patterns: PatternModel | None = None) -> None:
         """``test_time_flips`` replaces the card's (``()`` for a single plain pass: faster, slightly less accurate);
         ``postprocessing`` replaces the card's 3D clean-up of volumes (``PostProcessing()`` for none); ``patterns``
-        also splits the infection into ground-glass and consolidation (on the same crops, after the clean-up)."""
+        also splits the infection into ground-glass and consolidation (on the same crops, after the clean-up). A
+        clean-up with ``confirm_with`` loads that confirming model too (``confirming.py``)."""
         self.card = card
         self.postprocessing = card.postprocessing_settings() if postprocessing is None else postprocessing
         spec = card.input_spec()
@@ -79,6 +81,8 @@ class Segmenter:
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
         self.patterns = patterns
         self.threshold = THRESHOLD  # infection probability at or above which a voxel is infection
+        confirm_with = self.postprocessing.confirm_with
+        self.confirming = ConfirmingNetwork.load(confirm_with, self.device) if confirm_with else None
         if patterns is not None:
             patterns.net.to(self.device)
 
@@ -86,17 +90,26 @@ class Segmenter:
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             return forward_probability(self.model, self.spec, x01, torch.channels_last).float()
 
+    def _confirming_forward(self, x01: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            return self.confirming.probabilities(x01).float()
+
     def _clean(self, labels_c: np.ndarray, hu: np.ndarray, lungs: LungMask, crops: SliceBoxes,
-               spacing: tuple[float, float, float]) -> dict[str, dict[str, float]]:
+               spacing: tuple[float, float, float], confirmed_c: np.ndarray | None) -> dict[str, dict[str, float]]:
         """The 3D clean-up, inside the lungs' box (one slice lower, so a component on the lowest lung slice still
-        has the slice below it): dropped infection becomes lung. Returns what each rule removed."""
+        has the slice below it): dropped infection becomes lung. ``confirmed_c`` holds the confirming network's
+        calls, cleaned here by its own rules first. Returns what each rule removed."""
         box = (slice(max(int(crops.slices[0]) - 1, 0), int(crops.slices[-1]) + 1),
                slice(int(crops.boxes[:, 0].min()), int(crops.boxes[:, 1].max())),
                slice(int(crops.boxes[:, 2].min()), int(crops.boxes[:, 3].max())))
         in_box = labels_c[box]
         infection = in_box == INFECTION
         kept = infection.copy()
-        removed = clean_infection(kept, hu[box], lungs.lungs[box], spacing, self.postprocessing)
+        confirmed = None
+        if confirmed_c is not None:
+            confirmed = confirmed_c[box]
+            clean_infection(confirmed, hu[box], lungs.lungs[box], spacing, self.confirming.postprocessing)
+        removed = clean_infection(kept, hu[box], lungs.lungs[box], spacing, self.postprocessing, confirmed)
         if removed:
             in_box[infection & ~kept] = LUNG
         return removed
@@ -183,12 +196,24 @@ class Segmenter:
         to_crop, to_slice = crop_affines(crops.boxes, height, width)
         total = len(crops.slices)
         step = neighbour_step(view.spacing[0], self.spec.neighbour_mm)
+        confirming, confirmed_c, confirm_step, shared = self.confirming, None, 0, False
+        if confirming is not None:  # its calls, on the same crops, decide which components stay (postprocess.py)
+            confirmed_c = np.zeros(hu.shape, bool)
+            confirm_step = neighbour_step(view.spacing[0], confirming.spec.neighbour_mm)
+            shared = confirming.shares_inputs_with(self.card, self.spec)
         for start in range(0, total, self.batch_size):
             if cancel is not None and cancel():
                 raise Cancelled()
             batch = slice(start, start + self.batch_size)
             z = crops.slices[batch]
-            x01 = network_inputs(hu, z, to_crop[batch], self.card.hu_window, self.spec.size, step, self.device)
+            confirm_x01 = None
+            if confirming is not None:
+                confirm_x01 = network_inputs(hu, z, to_crop[batch], confirming.card.hu_window, confirming.spec.size,
+                                             confirm_step, self.device)
+            if confirm_x01 is not None and shared:  # the confirming inputs' centre channel is this network's input
+                x01 = confirm_x01[:, confirm_x01.shape[1] // 2, None]
+            else:
+                x01 = network_inputs(hu, z, to_crop[batch], self.card.hu_window, self.spec.size, step, self.device)
             prob_small = self._forward(x01)
             # back onto the slices only inside the batch's union of crop boxes, which holds all of their lung
             boxes = crops.boxes[batch]
@@ -197,6 +222,10 @@ class Segmenter:
             prob = resample(prob_small[:, None], theta, (y1 - y0, x1 - x0))[:, 0].clamp_(0, 1).cpu().numpy()
             window = (z, slice(y0, y1), slice(x0, x1))
             labels_c[window] = np.where(lungs.lungs[window], np.where(prob >= self.threshold, INFECTION, LUNG), 0)
+            if confirm_x01 is not None:
+                confirm_small = self._confirming_forward(confirm_x01)
+                confirm_prob = resample(confirm_small[:, None], theta, (y1 - y0, x1 - x0))[:, 0].cpu().numpy()
+                confirmed_c[window] = lungs.lungs[window] & (confirm_prob >= THRESHOLD)
             if self.patterns is not None:
                 pattern_tic = time.perf_counter()
                 centre = x01[:, x01.shape[1] // 2, None]  # the slice itself, whatever its neighbour channels
@@ -210,7 +239,7 @@ class Segmenter:
         tic = time.perf_counter()
         removed = {}
         if total and self.postprocessing.active:
-            removed = self._clean(labels_c, hu, lungs, crops, view.spacing)
+            removed = self._clean(labels_c, hu, lungs, crops, view.spacing, confirmed_c)
         timings["postprocessing"] = time.perf_counter() - tic
         patterns = None
         if self.patterns is not None:

@@ -6,6 +6,10 @@ Each rule judges one connected infection component (26-connected, in the canonic
   the lungs lies under at least ``DOME_MIN_SUPPORT`` of its lowest slice. A lesion lying on the diaphragm has lung
   (or more lesion) under most of its lowest slice, because the lung runs further down around the dome than it does.
 - ``min_lesion_mm3``: components smaller than this volume (speckle on vessels and fissures).
+- ``confirm_with``: a second network (a model id) whose own calls, cleaned by its own card's rules, must touch the
+  component. The shipped pair: 1.7.0's weights outline the infection, and a network trained with CTs without
+  infection in Hounsfield units (which calls next to nothing on normal lungs, but misses faint opacity) confirms it,
+  so a component it confirms is kept whole, slices it missed included (benchmarks/RESULTS.md, "Two networks").
 
 The rules are part of the model's inference settings (the card's ``postprocessing``), so ``segment``, the Slicer
 module, batch runs and the volume benchmark apply the same ones. They run on the thresholded mask only: the
@@ -14,7 +18,7 @@ probability map that ``--probabilities`` writes is the network's, before this st
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +33,7 @@ class PostProcessing:
 
     min_lesion_mm3: float = 0.0
     remove_domes: bool = False
+    confirm_with: str = ""  # the confirming model's id; empty for none
 
     @classmethod
     def from_card(cls, settings: dict[str, Any] | None) -> "PostProcessing":
@@ -40,15 +45,32 @@ class PostProcessing:
         return cls(**settings)
 
     def to_card(self) -> dict[str, Any]:
-        return asdict(self)
+        settings = asdict(self)
+        if not self.confirm_with:  # cards without a confirming network keep the form they had before it existed
+            del settings["confirm_with"]
+        return settings
 
     @property
     def active(self) -> bool:
-        return self.min_lesion_mm3 > 0 or self.remove_domes
+        return self.min_lesion_mm3 > 0 or self.remove_domes or bool(self.confirm_with)
+
+    def without_confirmation(self) -> "PostProcessing":
+        """The same rules without the confirming network (for a newly trained network, which it was not measured
+        with)."""
+        return replace(self, confirm_with="")
 
 
 # What a newly trained model gets (``lightseg train`` without --init); measured in benchmarks/RESULTS.md, "Volumes"
 RECOMMENDED_POSTPROCESSING = PostProcessing(min_lesion_mm3=500.0, remove_domes=True)
+
+
+def settings_for_new_network(initial: dict[str, Any] | None) -> dict[str, Any]:
+    """The clean-up a newly trained network's card gets: its initial model's rules without a confirming network
+    (measured with the initial weights, not the new ones), or the recommended rules for a network trained from
+    scratch. A fine-tuned site version keeps its base's rules whole (``training/finetune.py``)."""
+    if initial is None:
+        return RECOMMENDED_POSTPROCESSING.to_card()
+    return PostProcessing.from_card(initial).without_confirmation().to_card()
 
 
 def support_from_below(component: np.ndarray, box: tuple[slice, ...], hu: np.ndarray, lungs: np.ndarray) -> float:
@@ -66,14 +88,17 @@ def support_from_below(component: np.ndarray, box: tuple[slice, ...], hu: np.nda
 
 
 def clean_infection(infection: np.ndarray, hu: np.ndarray, lungs: np.ndarray, spacing: tuple[float, float, float],
-                    settings: PostProcessing) -> dict[str, dict[str, float]]:
+                    settings: PostProcessing, confirmed: np.ndarray | None = None) -> dict[str, dict[str, float]]:
     """Remove, in place, the components of the canonical ``infection`` mask that a rule rejects.
 
+    ``confirmed`` is the confirming network's cleaned calls on the same grid (required with ``confirm_with``).
     Returns, per rule that removed anything, the number of components and their volume in mL (for the report).
     """
     import cc3d  # here, not at import: every model card load imports this module
     from scipy import ndimage
 
+    if settings.confirm_with and confirmed is None:
+        raise ValueError(f"the clean-up needs the calls of the confirming network {settings.confirm_with}")
     removed: dict[str, dict[str, float]] = {}
     if not settings.active or not infection.any():
         return removed
@@ -90,6 +115,8 @@ def clean_infection(infection: np.ndarray, hu: np.ndarray, lungs: np.ndarray, sp
             rule = "dome"
         elif voxels * voxel_mm3 < settings.min_lesion_mm3:
             rule = "small"
+        elif settings.confirm_with and not confirmed[box][component].any():
+            rule = "unconfirmed"
         else:
             continue
         infection[box][component] = False

@@ -83,13 +83,15 @@ def test_finetune_on_ct_and_seg_nrrd_makes_a_new_user_model(seg_site, untrained_
 
 
 def test_finetune_on_dicom_and_nrrd_label(tmp_path, untrained_card, user_store, p001):
-    """Also: the new model runs as its base does (the base's test-time flips and 3D post-processing)."""
+    """Also: the new model runs as its base does (the base's test-time flips and 3D post-processing, its confirming
+    network included)."""
     import dataclasses
 
     from LightSegLib.cards import load_network, save_model
 
     base = dataclasses.replace(untrained_card, id="untrained-flipped", weights_file="untrained-flipped.pt",
-                               test_time_flips=["vertical"], postprocessing={"min_lesion_mm3": 123.0})
+                               test_time_flips=["vertical"],
+                               postprocessing={"min_lesion_mm3": 123.0, "confirm_with": "miniseg-confirm"})
     base_path = save_model(base, load_network(untrained_card).state_dict(), tmp_path / "base")
     volumes, labels = tmp_path / "volumes", tmp_path / "labels"
     volumes.mkdir()
@@ -105,7 +107,8 @@ def test_finetune_on_dicom_and_nrrd_label(tmp_path, untrained_card, user_store, 
     assert "label value 1" in result.stderr
     card = ModelCard.load(user_store / "site-dicom.json")
     assert card.training["site_data"]["slices_with_infection"] == 60
-    assert card.test_time_flips == ["vertical"] and card.postprocessing == {"min_lesion_mm3": 123.0}
+    assert card.test_time_flips == ["vertical"]
+    assert card.postprocessing == {"min_lesion_mm3": 123.0, "confirm_with": "miniseg-confirm"}
     assert card.training["hyperparameters"]["trainable"] == []
     assert {"enc.3", "dec.2", "heads.0"} <= _changed_modules(untrained_card, card)  # every layer was trained
 

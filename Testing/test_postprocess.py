@@ -94,6 +94,34 @@ def test_each_rule_runs_only_when_asked(settings):
     assert (infection & speck).any() != (settings.min_lesion_mm3 > 2)
 
 
+def test_a_component_the_confirming_network_touches_is_kept_whole_and_one_it_misses_is_removed():
+    """The confirming network's calls need only touch a component: the slices it missed stay (faint opacity
+    continuing a lesion it sees); a component it does not touch anywhere goes, whatever its size."""
+    hu, lungs = chest()
+    lesion = np.zeros(lungs.shape, bool)
+    lesion[20:30, 20:30, 20:30] = True  # 2,000 mm^3 over 10 slices
+    unseen = np.zeros(lungs.shape, bool)
+    unseen[20:30, 20:30, 50:60] = True  # the same size, apart from it
+    confirmed = np.zeros(lungs.shape, bool)
+    confirmed[28:30, 24:26, 24:26] = True  # the confirming network sees the lesion in two slices only
+    infection = lesion | unseen
+    settings = dataclasses.replace(RULES, confirm_with="miniseg-confirm")
+    removed = clean_infection(infection, hu, lungs, SPACING, settings, confirmed)
+    assert (infection == lesion).all()
+    assert removed == {"unconfirmed": {"components": 1, "ml": 2.0}}
+    with pytest.raises(ValueError, match="confirming network miniseg-confirm"):
+        clean_infection(lesion.copy(), hu, lungs, SPACING, settings)  # the rule cannot run without its calls
+
+
+def test_a_new_network_drops_the_confirming_network_and_a_site_version_keeps_it():
+    from LightSegLib.postprocess import RECOMMENDED_POSTPROCESSING, settings_for_new_network
+
+    confirmed = dataclasses.replace(RULES, confirm_with="miniseg-confirm").to_card()
+    assert settings_for_new_network(confirmed) == RULES.to_card() == {"min_lesion_mm3": 500.0, "remove_domes": True}
+    assert settings_for_new_network(None) == RECOMMENDED_POSTPROCESSING.to_card()
+    assert PostProcessing.from_card(confirmed).confirm_with == "miniseg-confirm"
+
+
 def test_card_settings_are_checked_when_the_card_loads(tmp_path, untrained_card):
     assert PostProcessing.from_card({}) == PostProcessing()
     assert PostProcessing.from_card(RULES.to_card()) == RULES

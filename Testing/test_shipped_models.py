@@ -15,7 +15,8 @@ from LightSegLib.io import read_image
 from LightSegLib.report import volume_measurements
 
 NORMAL_DICOM = DATA / "covid-ct-md" / "normal001"
-SHIPPED = {"miniseg-covid": ("miniseg", 82_666), "ulite-covid": ("ulite", 876_849)}
+SHIPPED = {"miniseg-covid": ("miniseg", 82_666), "miniseg-covid-confirmed": ("miniseg", 82_666),
+           "ulite-covid": ("ulite", 876_849)}
 
 
 @pytest.fixture(scope="module")

@@ -115,8 +115,11 @@ def load_cases(names: list[str] | None, data: Path) -> list[Case]:
 
 
 def trained_on(card) -> set[str]:
-    """The CTs (folder names) a model's weights learnt from, as its card records them (none for older cards)."""
-    return set((card.training or {}).get("trained_on_cts", []))
+    """The CTs (folder names) a model's weights learnt from, as its card records them (none for older cards), and
+    those of the network that confirms its components, if any."""
+    cts = set((card.training or {}).get("trained_on_cts", []))
+    confirm_with = card.postprocessing_settings().confirm_with
+    return cts | trained_on(registry.resolve(confirm_with)) if confirm_with else cts
 
 
 def outside_lesions_ml(result, image, lesions_path: Path) -> float:

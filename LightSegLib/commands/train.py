@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.augment import AugmentConfig
     from ..training.loop import TrainConfig
     from ..models import SIZE_MULTIPLE
-    from ..postprocess import RECOMMENDED_POSTPROCESSING
+    from ..postprocess import settings_for_new_network
     from ..training.recipe import TrainRequest, arch_recipe, describe_command, print_epoch, run_training
     from ..training.slices import load_image_folders
 
@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         data_description=description,
         val_fraction=args.val_fraction, val_fold=args.val_fold, keep=args.keep, init=init,
         hu_window=window, test_time_flips=flips,
-        postprocessing=dict(init.postprocessing) if init else RECOMMENDED_POSTPROCESSING.to_card(), version=args.version, description=args.description,
+        postprocessing=settings_for_new_network(init.postprocessing if init else None), version=args.version,
+        description=args.description,
         pseudo=pseudo, pseudo_description=pseudo_description, ct=ct, ct_description=ct_description,
         extra_card={"neighbour_slices_mm": args.neighbour_mm} if args.neighbour_mm else {})
     path, result = run_training(request, cfg, describe_command(), on_epoch=print_epoch)

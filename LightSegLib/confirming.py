@@ -1,0 +1,48 @@
+"""The confirming network of a card's ``confirm_with`` rule (``postprocess.py``).
+
+It is loaded beside the model's own network, runs on the same lung crops and slices, and its calls, cleaned by its
+own card's rules, decide which infection components of the model stay. It must not need confirming itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import registry
+from .cards import ModelCard, load_network
+from .errors import LightSegError
+from .models.inference import inference_form
+from .network import InputSpec, forward_probability
+from .postprocess import PostProcessing
+
+
+@dataclass
+class ConfirmingNetwork:
+    card: ModelCard
+    spec: InputSpec
+    model: torch.nn.Module
+    postprocessing: PostProcessing  # applied to its own calls before they confirm anything
+
+    @classmethod
+    def load(cls, model_id: str, device: torch.device) -> "ConfirmingNetwork":
+        """The confirming model ``model_id`` (bundled or user store), ready on ``device``."""
+        card = registry.resolve(model_id)
+        settings = card.postprocessing_settings()
+        if settings.confirm_with:
+            raise LightSegError("a confirming model cannot need confirming itself", card.path)
+        if card.hu_window is None:
+            raise LightSegError("a confirming model needs an HU window (it segments CT volumes)", card.path)
+        model = inference_form(load_network(card)).to(device, memory_format=torch.channels_last)
+        return cls(card, card.input_spec(), model, settings)
+
+    def probabilities(self, x01: torch.Tensor) -> torch.Tensor:
+        """Infection probabilities of (N, C, H, W) inputs cut and windowed as this card asks."""
+        return forward_probability(self.model, self.spec, x01, torch.channels_last)
+
+    def shares_inputs_with(self, card: ModelCard, spec: InputSpec) -> bool:
+        """True when this network's inputs, centre channel taken, are the other's single-channel inputs."""
+        mine, theirs = self.card.hu_window, card.hu_window
+        return (theirs is not None and (theirs.level, theirs.width) == (mine.level, mine.width)
+                and spec.size == self.spec.size and not spec.neighbour_mm)
