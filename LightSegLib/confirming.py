@@ -1,7 +1,8 @@
 """The confirming network of a card's ``confirm_with`` rule (``postprocess.py``).
 
-It is loaded beside the model's own network, runs on the same lung crops and slices, and its calls, cleaned by its
-own card's rules, decide which infection components of the model stay. It must not need confirming itself.
+It is loaded beside the model's own network and runs on the same lung crops, after the model's own pass, on the slices
+that hold infection and those next to its own calls (``engine.py``); its calls, cleaned by its own card's rules,
+decide which infection components of the model stay. It must not need confirming itself.
 """
 
 from __future__ import annotations
@@ -40,9 +41,3 @@ class ConfirmingNetwork:
     def probabilities(self, x01: torch.Tensor) -> torch.Tensor:
         """Infection probabilities of (N, C, H, W) inputs cut and windowed as this card asks."""
         return forward_probability(self.model, self.spec, x01, torch.channels_last)
-
-    def shares_inputs_with(self, card: ModelCard, spec: InputSpec) -> bool:
-        """True when this network's inputs, centre channel taken, are the other's single-channel inputs."""
-        mine, theirs = self.card.hu_window, card.hu_window
-        return (theirs is not None and (theirs.level, theirs.width) == (mine.level, mine.width)
-                and spec.size == self.spec.size and not spec.neighbour_mm)

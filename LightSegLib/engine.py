@@ -60,6 +60,16 @@ class Segmentation:
     patterns: sitk.Image | None = None
 
 
+def back_onto_slices(prob_small: torch.Tensor, z: np.ndarray, boxes: np.ndarray, to_slice: torch.Tensor, height: int,
+                     width: int) -> tuple[tuple[np.ndarray, slice, slice], np.ndarray]:
+    """A batch's probabilities at the network's size, resampled onto slices ``z`` only inside the union of their crop
+    boxes (which holds all of their lung): that window of the canonical volume, and the probabilities for it."""
+    y0, y1, x0, x1 = (int(v) for v in (boxes[:, 0].min(), boxes[:, 1].max(), boxes[:, 2].min(), boxes[:, 3].max()))
+    theta = restrict_to_window(to_slice, (y0, y1, x0, x1), height, width)
+    prob = resample(prob_small[:, None], theta, (y1 - y0, x1 - x0))[:, 0].clamp_(0, 1).cpu().numpy()
+    return (z, slice(y0, y1), slice(x0, x1)), prob
+
+
 class Segmenter:
     """A loaded model on a device, ready to segment volumes and slices."""
 
@@ -95,24 +105,62 @@ class Segmenter:
             return self.confirming.probabilities(x01).float()
 
     def _clean(self, labels_c: np.ndarray, hu: np.ndarray, lungs: LungMask, crops: SliceBoxes,
-               spacing: tuple[float, float, float], confirmed_c: np.ndarray | None) -> dict[str, dict[str, float]]:
+               spacing: tuple[float, float, float], to_crop: torch.Tensor, to_slice: torch.Tensor,
+               timings: dict[str, float]) -> dict[str, dict[str, float]]:
         """The 3D clean-up, inside the lungs' box (one slice lower, so a component on the lowest lung slice still
-        has the slice below it): dropped infection becomes lung. ``confirmed_c`` holds the confirming network's
-        calls, cleaned here by its own rules first. Returns what each rule removed."""
+        has the slice below it): dropped infection becomes lung. The card's own rules first; then, with a
+        confirming network, the components it does not touch (its time goes into ``timings``). Returns what each
+        rule removed."""
         box = (slice(max(int(crops.slices[0]) - 1, 0), int(crops.slices[-1]) + 1),
                slice(int(crops.boxes[:, 0].min()), int(crops.boxes[:, 1].max())),
                slice(int(crops.boxes[:, 2].min()), int(crops.boxes[:, 3].max())))
         in_box = labels_c[box]
         infection = in_box == INFECTION
         kept = infection.copy()
-        confirmed = None
-        if confirmed_c is not None:
-            confirmed = confirmed_c[box]
+        rules = self.postprocessing
+        removed = clean_infection(kept, hu[box], lungs.lungs[box], spacing, rules.without_confirmation())
+        if rules.confirm_with and kept.any():
+            # removing whole components leaves the others as they were, so this second labelling judges the same ones
+            infected_slices = box[0].start + np.flatnonzero(kept.any(axis=(1, 2)))
+            tic = time.perf_counter()
+            confirmed = self._confirming_calls(hu, lungs, crops, to_crop, to_slice, infected_slices, spacing[0])[box]
+            timings["confirming_network"] = time.perf_counter() - tic
             clean_infection(confirmed, hu[box], lungs.lungs[box], spacing, self.confirming.postprocessing)
-        removed = clean_infection(kept, hu[box], lungs.lungs[box], spacing, self.postprocessing, confirmed)
+            removed |= clean_infection(kept, hu[box], lungs.lungs[box], spacing,
+                                       PostProcessing(confirm_with=rules.confirm_with), confirmed)
         if removed:
             in_box[infection & ~kept] = LUNG
         return removed
+
+    def _confirming_calls(self, hu: np.ndarray, lungs: LungMask, crops: SliceBoxes, to_crop: torch.Tensor,
+                          to_slice: torch.Tensor, infected_slices: np.ndarray, slice_mm: float) -> np.ndarray:
+        """The confirming network's calls inside the lungs (canonical, whole volume), computed on the slices with
+        infection and then on every lung slice next to one where it calls something, until none is left: each of
+        its components that reaches an infected slice is then whole, as if it had run on every slice, and its own
+        rules judge it the same. On a CT with little infection it runs on few slices."""
+        confirming = self.confirming
+        calls = np.zeros(hu.shape, bool)
+        position_of = {int(z): p for p, z in enumerate(crops.slices)}
+        done = np.zeros(len(crops.slices), bool)
+        has_calls = np.zeros(len(crops.slices), bool)
+        step = neighbour_step(slice_mm, confirming.spec.neighbour_mm)
+        height, width = hu.shape[1:]
+        todo = np.array(sorted(position_of[int(z)] for z in infected_slices if int(z) in position_of), int)
+        while len(todo):
+            for start in range(0, len(todo), self.batch_size):
+                positions = todo[start:start + self.batch_size]
+                z = crops.slices[positions]
+                x01 = network_inputs(hu, z, to_crop[positions], confirming.card.hu_window, confirming.spec.size, step,
+                                     self.device)
+                window, prob = back_onto_slices(self._confirming_forward(x01), z, crops.boxes[positions],
+                                                to_slice[positions], height, width)
+                calls[window] = lungs.lungs[window] & (prob >= THRESHOLD)
+                has_calls[positions] = calls[window].any(axis=(1, 2))
+            done[todo] = True
+            beside = {int(z) + d for z in crops.slices[has_calls] for d in (-1, 1)}
+            todo = np.array(sorted(p for p in (position_of.get(z) for z in beside) if p is not None and not done[p]),
+                            int)
+        return calls
 
     def _consolidation_of_batch(self, small: dict[int, torch.Tensor], labels: np.ndarray, x01: torch.Tensor,
                                 first: int) -> None:
@@ -196,36 +244,14 @@ class Segmenter:
         to_crop, to_slice = crop_affines(crops.boxes, height, width)
         total = len(crops.slices)
         step = neighbour_step(view.spacing[0], self.spec.neighbour_mm)
-        confirming, confirmed_c, confirm_step, shared = self.confirming, None, 0, False
-        if confirming is not None:  # its calls, on the same crops, decide which components stay (postprocess.py)
-            confirmed_c = np.zeros(hu.shape, bool)
-            confirm_step = neighbour_step(view.spacing[0], confirming.spec.neighbour_mm)
-            shared = confirming.shares_inputs_with(self.card, self.spec)
         for start in range(0, total, self.batch_size):
             if cancel is not None and cancel():
                 raise Cancelled()
             batch = slice(start, start + self.batch_size)
             z = crops.slices[batch]
-            confirm_x01 = None
-            if confirming is not None:
-                confirm_x01 = network_inputs(hu, z, to_crop[batch], confirming.card.hu_window, confirming.spec.size,
-                                             confirm_step, self.device)
-            if confirm_x01 is not None and shared:  # the confirming inputs' centre channel is this network's input
-                x01 = confirm_x01[:, confirm_x01.shape[1] // 2, None]
-            else:
-                x01 = network_inputs(hu, z, to_crop[batch], self.card.hu_window, self.spec.size, step, self.device)
-            prob_small = self._forward(x01)
-            # back onto the slices only inside the batch's union of crop boxes, which holds all of their lung
-            boxes = crops.boxes[batch]
-            y0, y1, x0, x1 = (int(v) for v in (boxes[:, 0].min(), boxes[:, 1].max(), boxes[:, 2].min(), boxes[:, 3].max()))
-            theta = restrict_to_window(to_slice[batch], (y0, y1, x0, x1), height, width)
-            prob = resample(prob_small[:, None], theta, (y1 - y0, x1 - x0))[:, 0].clamp_(0, 1).cpu().numpy()
-            window = (z, slice(y0, y1), slice(x0, x1))
+            x01 = network_inputs(hu, z, to_crop[batch], self.card.hu_window, self.spec.size, step, self.device)
+            window, prob = back_onto_slices(self._forward(x01), z, crops.boxes[batch], to_slice[batch], height, width)
             labels_c[window] = np.where(lungs.lungs[window], np.where(prob >= self.threshold, INFECTION, LUNG), 0)
-            if confirm_x01 is not None:
-                confirm_small = self._confirming_forward(confirm_x01)
-                confirm_prob = resample(confirm_small[:, None], theta, (y1 - y0, x1 - x0))[:, 0].cpu().numpy()
-                confirmed_c[window] = lungs.lungs[window] & (confirm_prob >= THRESHOLD)
             if self.patterns is not None:
                 pattern_tic = time.perf_counter()
                 centre = x01[:, x01.shape[1] // 2, None]  # the slice itself, whatever its neighbour channels
@@ -239,8 +265,8 @@ class Segmenter:
         tic = time.perf_counter()
         removed = {}
         if total and self.postprocessing.active:
-            removed = self._clean(labels_c, hu, lungs, crops, view.spacing, confirmed_c)
-        timings["postprocessing"] = time.perf_counter() - tic
+            removed = self._clean(labels_c, hu, lungs, crops, view.spacing, to_crop, to_slice, timings)
+        timings["postprocessing"] = time.perf_counter() - tic - timings.get("confirming_network", 0.0)
         patterns = None
         if self.patterns is not None:
             tic = time.perf_counter()
