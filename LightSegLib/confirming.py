@@ -15,7 +15,7 @@ from . import registry
 from .cards import ModelCard, load_network
 from .errors import LightSegError
 from .models.inference import inference_form
-from .network import InputSpec, forward_probability
+from .network import InputSpec
 from .postprocess import PostProcessing
 
 
@@ -37,7 +37,3 @@ class ConfirmingNetwork:
             raise LightSegError("a confirming model needs an HU window (it segments CT volumes)", card.path)
         model = inference_form(load_network(card)).to(device, memory_format=torch.channels_last)
         return cls(card, card.input_spec(), model, settings)
-
-    def probabilities(self, x01: torch.Tensor) -> torch.Tensor:
-        """Infection probabilities of (N, C, H, W) inputs cut and windowed as this card asks."""
-        return forward_probability(self.model, self.spec, x01, torch.channels_last)

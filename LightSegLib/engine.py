@@ -23,7 +23,7 @@ from .geometry import AxialView, image_from_array
 from .io import INFECTION, LUNG
 from .lungs import LungMask, field_of_view_cuts
 from .models.inference import inference_form
-from .network import forward_probability, predict_image
+from .network import InputSpec, forward_probability, predict_image
 from .patterns.model import PatternModel
 from .patterns.pattern_map import CONSOLIDATION, GROUND_GLASS, pattern_map
 from .postprocess import PostProcessing, clean_infection
@@ -96,13 +96,12 @@ class Segmenter:
         if patterns is not None:
             patterns.net.to(self.device)
 
-    def _forward(self, x01: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x01: torch.Tensor, model: torch.nn.Module | None = None,
+                 spec: InputSpec | None = None) -> torch.Tensor:
+        """Probabilities of this model's network, or of ``model`` read as ``spec`` (the confirming network)."""
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            return forward_probability(self.model, self.spec, x01, torch.channels_last).float()
-
-    def _confirming_forward(self, x01: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            return self.confirming.probabilities(x01).float()
+            return forward_probability(self.model if model is None else model, self.spec if spec is None else spec,
+                                       x01, torch.channels_last).float()
 
     def _clean(self, labels_c: np.ndarray, hu: np.ndarray, lungs: LungMask, crops: SliceBoxes,
                spacing: tuple[float, float, float], to_crop: torch.Tensor, to_slice: torch.Tensor,
@@ -152,8 +151,9 @@ class Segmenter:
                 z = crops.slices[positions]
                 x01 = network_inputs(hu, z, to_crop[positions], confirming.card.hu_window, confirming.spec.size, step,
                                      self.device)
-                window, prob = back_onto_slices(self._confirming_forward(x01), z, crops.boxes[positions],
-                                                to_slice[positions], height, width)
+                prob_small = self._forward(x01, confirming.model, confirming.spec)
+                window, prob = back_onto_slices(prob_small, z, crops.boxes[positions], to_slice[positions], height,
+                                                width)
                 calls[window] = lungs.lungs[window] & (prob >= THRESHOLD)
                 has_calls[positions] = calls[window].any(axis=(1, 2))
             done[todo] = True

@@ -55,8 +55,7 @@ class PostProcessing:
         return self.min_lesion_mm3 > 0 or self.remove_domes or bool(self.confirm_with)
 
     def without_confirmation(self) -> "PostProcessing":
-        """The same rules without the confirming network (for a newly trained network, which it was not measured
-        with)."""
+        """The same rules without the confirming network."""
         return replace(self, confirm_with="")
 
 
