@@ -13,6 +13,7 @@ import torch
 
 from . import registry
 from .cards import ModelCard, load_network
+from .compiled import load_compiled
 from .errors import LightSegError
 from .models.inference import inference_form
 from .network import InputSpec
@@ -27,13 +28,17 @@ class ConfirmingNetwork:
     postprocessing: PostProcessing  # applied to its own calls before they confirm anything
 
     @classmethod
-    def load(cls, model_id: str, device: torch.device) -> "ConfirmingNetwork":
-        """The confirming model ``model_id`` (bundled or user store), ready on ``device``."""
+    def load(cls, model_id: str, device: torch.device, compiled: bool = True) -> "ConfirmingNetwork":
+        """The confirming model ``model_id`` (bundled or user store), ready on ``device``; its compiled form when
+        ``compiled`` and ``lightseg compile`` built one."""
         card = registry.resolve(model_id)
         settings = card.postprocessing_settings()
         if settings.confirm_with:
             raise LightSegError("a confirming model cannot need confirming itself", card.path)
         if card.hu_window is None:
             raise LightSegError("a confirming model needs an HU window (it segments CT volumes)", card.path)
-        model = inference_form(load_network(card)).to(device, memory_format=torch.channels_last)
-        return cls(card, card.input_spec(), model, settings)
+        spec = card.input_spec()
+        model = load_compiled(card, spec, device)[0] if compiled else None
+        if model is None:
+            model = inference_form(load_network(card)).to(device, memory_format=torch.channels_last)
+        return cls(card, spec, model, settings)

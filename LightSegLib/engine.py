@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .cards import ModelCard, load_network
+from .compiled import load_compiled
 from .confirming import ConfirmingNetwork
 from .devices import pick_device
 from .errors import LightSegError
@@ -58,6 +59,7 @@ class Segmentation:
     notes: list[str] = field(default_factory=list)  # what was decided about the input (a prone patient turned)
     # with a pattern model: 0 none, 1 ground-glass, 2 consolidation on the input's grid (patterns/pattern_map.py)
     patterns: sitk.Image | None = None
+    network_form: str = "eager fp32"  # or "compiled bf16" (compiled.py), for volumes on the CPU
 
 
 def back_onto_slices(prob_small: torch.Tensor, z: np.ndarray, boxes: np.ndarray, to_slice: torch.Tensor, height: int,
@@ -75,11 +77,12 @@ class Segmenter:
 
     def __init__(self, card: ModelCard, device: str = "auto", batch_size: int | None = None,
                  test_time_flips: tuple[str, ...] | None = None, postprocessing: PostProcessing | None = None,
-                 patterns: PatternModel | None = None) -> None:
+                 patterns: PatternModel | None = None, compiled: bool = True) -> None:
         """``test_time_flips`` replaces the card's (``()`` for a single plain pass: faster, slightly less accurate);
         ``postprocessing`` replaces the card's 3D clean-up of volumes (``PostProcessing()`` for none); ``patterns``
         also splits the infection into ground-glass and consolidation (on the same crops, after the clean-up). A
-        clean-up with ``confirm_with`` loads that confirming model too (``confirming.py``)."""
+        clean-up with ``confirm_with`` loads that confirming model too (``confirming.py``). With ``compiled``, CT
+        volumes on the CPU run the network's compiled form when ``lightseg compile`` built one (``compiled.py``)."""
         self.card = card
         self.postprocessing = card.postprocessing_settings() if postprocessing is None else postprocessing
         spec = card.input_spec()
@@ -88,19 +91,24 @@ class Segmenter:
         # BatchNorm folded and MiniSeg's linear steps merged (same function, fewer passes over memory);
         # channels_last suits oneDNN's depthwise kernels on the CPU (measured in benchmarks/bench_inference.py)
         self.model = inference_form(load_network(card)).to(self.device, memory_format=torch.channels_last)
+        self.compiled, self.compiled_note = load_compiled(card, self.spec, self.device) if compiled else (None, "")
+        self.network_form = "compiled bf16" if self.compiled is not None else "eager fp32"
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
         self.patterns = patterns
         self.threshold = THRESHOLD  # infection probability at or above which a voxel is infection
         confirm_with = self.postprocessing.confirm_with
-        self.confirming = ConfirmingNetwork.load(confirm_with, self.device) if confirm_with else None
+        self.confirming = ConfirmingNetwork.load(confirm_with, self.device, compiled) if confirm_with else None
         if patterns is not None:
             patterns.net.to(self.device)
 
     def _forward(self, x01: torch.Tensor, model: torch.nn.Module | None = None,
                  spec: InputSpec | None = None) -> torch.Tensor:
-        """Probabilities of this model's network, or of ``model`` read as ``spec`` (the confirming network)."""
+        """Probabilities of this model's volume network (compiled or eager), or of ``model`` read as ``spec`` (the
+        confirming network)."""
+        if model is None:
+            model = self.model if self.compiled is None else self.compiled
         with torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            return forward_probability(self.model if model is None else model, self.spec if spec is None else spec,
+            return forward_probability(model, self.spec if spec is None else spec,
                                        x01, torch.channels_last).float()
 
     def _clean(self, labels_c: np.ndarray, hu: np.ndarray, lungs: LungMask, crops: SliceBoxes,
@@ -274,10 +282,12 @@ class Segmenter:
             patterns = image_from_array(view.from_canonical(patterns_c), image)
             timings["patterns"] = pattern_seconds + time.perf_counter() - tic
         notes = [TURNED_NOTE] if scan.turned else []
+        if self.compiled_note:
+            notes.append(self.compiled_note)
         cuts = field_of_view_cuts(lungs.lungs)
         if cuts:
             notes.append(f"the lungs run out of the field of view ({', '.join(cuts)}): lung volumes and percent "
                          "involved cover only the part in view")
         return Segmentation(image_from_array(labels, image), view, lungs, hu.shape[0], total, timings,
                             self.spec.flips, {"settings": self.postprocessing.to_card(), "removed": removed}, notes,
-                            patterns)
+                            patterns, self.network_form)

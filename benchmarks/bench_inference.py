@@ -10,15 +10,18 @@ series (the default model as its card runs it, with the test-time flips that 1.6
 ``miniseg-covid-confirmed``, whose second network confirms each infection component) and on a
 512 x 512 x 600 volume made from it; wall time and peak RSS of that process. Each run alternates with a measurement of
 the reference forward, and the ratio is the median of the per-pair ratios (the machine's speed drifts by half within
-minutes). Warm process: the second of two segmentations of P001 in this process (a Slicer session or a batch worker),
-read and write included. Lung mask: P001's lung mask and crop boxes in this process (median of 5), against the
-network's time for its slices.
+minutes); the rows take turns, so each repeat of every row falls in the same stretch of time. Warm process: the
+second of two segmentations of P001 in this process (a Slicer session or a batch worker), read and write included. Lung mask: P001's lung mask and crop boxes in this process (median of 5), against the
+network's time for its slices. Compiled: where the CPU has bfloat16 instructions, the P001 rows and the network row
+are measured again with the networks that ``lightseg compile`` builds (run first, in a temporary LightSeg home; the
+eager rows run with an empty one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -34,6 +37,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from LightSegLib import registry  # noqa: E402
+from LightSegLib.cards import load_network  # noqa: E402
+from LightSegLib.compiled import CompiledNetwork, artefact_path, cpu_has_bf16  # noqa: E402
 from LightSegLib.io import read_image  # noqa: E402
 from LightSegLib.lung_crops import lung_crops  # noqa: E402
 from LightSegLib.pipeline import SegmentRequest, make_segmenter, segment_file  # noqa: E402
@@ -107,8 +113,10 @@ def network_rows(device: torch.device, seconds: float) -> list[tuple[str, float]
     ]
 
 
-def run_segment(input_path: Path, out_dir: Path, model: str = "miniseg-covid", extra: tuple[str, ...] = ()) -> dict:
-    """`lightseg segment` in a subprocess: wall time, peak RSS (MB) and the report's stage timings."""
+def run_segment(input_path: Path, out_dir: Path, home: Path, model: str = "miniseg-covid",
+                extra: tuple[str, ...] = ()) -> dict:
+    """`lightseg segment` in a subprocess with LightSeg's home ``home`` (where compiled networks live): wall time,
+    peak RSS (MB) and the report's stage timings."""
     report = out_dir / f"{input_path.name}.json"
     command = [sys.executable, "-m", "LightSegLib", "segment", str(input_path), "-o",
                str(out_dir / f"{input_path.name}-labels.nrrd"), "--report", str(report), "--model", model,
@@ -117,12 +125,42 @@ def run_segment(input_path: Path, out_dir: Path, model: str = "miniseg-covid", e
     # a fresh process per run, so RUSAGE_CHILDREN's peak is this run's (wrapped in a shell that reports it)
     probe = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(r.returncode)")
-    result = subprocess.run([sys.executable, "-c", probe, *command], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", probe, *command], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "LIGHTSEG_HOME": str(home)})
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"segment failed: {result.stderr.strip()}")
     peak_mb = int(result.stdout.strip().splitlines()[-1]) / 1024
-    return {"wall_s": wall, "peak_rss_mb": peak_mb, "timings": json.loads(report.read_text())["timings_s"]}
+    report = json.loads(report.read_text())
+    if report["model"]["network_form"] != ("compiled bf16" if (home / "compiled").is_dir() else "eager fp32"):
+        sys.exit(f"segment ran the {report['model']['network_form']} network with LightSeg home {home}")
+    return {"wall_s": wall, "peak_rss_mb": peak_mb, "timings": report["timings_s"]}
+
+
+def compiled_rows(home: Path, seconds: float) -> None:
+    """The default model's compiled network against its eager engine form at 288 x 288, batch 8, alternating (5
+    pairs; the ratio is the median of the per-pair ratios)."""
+    card = registry.resolve("miniseg-covid")
+    eager = inference_form(load_network(card)).to(memory_format=torch.channels_last)
+    compiled = CompiledNetwork(home / "compiled" / artefact_path(card, card.input_spec()).name)
+    pairs = [(slices_per_second(eager, 8, 3, 288, torch.device("cpu"), seconds / 2, True),
+              slices_per_second(compiled, 8, 3, 288, torch.device("cpu"), seconds / 2, True)) for _ in range(5)]
+    eager_rate, compiled_rate = (statistics.median(rates) for rates in zip(*pairs))
+    ratio = statistics.median(c / e for e, c in pairs)
+    print(f"MiniSeg at 288, batch 8, alternating (median of 5): eager fp32 {eager_rate:.1f} slices/s, compiled bf16 "
+          f"{compiled_rate:.1f} slices/s: x{ratio:.2f}")
+
+
+def build_compiled(home: Path, models: tuple[str, ...]) -> None:
+    """``lightseg compile`` of ``models`` into the LightSeg home ``home``, timed (in a subprocess, as a user runs it:
+    torch's compiler stays out of this process)."""
+    for model in models:
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "LightSegLib", "compile", "--model", model], cwd=REPO,
+                                capture_output=True, text=True, env={**os.environ, "LIGHTSEG_HOME": str(home)})
+        if result.returncode != 0:
+            sys.exit(f"compile failed: {result.stderr.strip()}")
+        print(f"lightseg compile --model {model}: {time.perf_counter() - start:.0f} s")
 
 
 def make_600(directory: Path) -> Path:
@@ -159,52 +197,72 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        eager_home, compiled_home = tmp / "home-eager", tmp / "home-compiled"
+        eager_home.mkdir()
+        compiled = cpu_has_bf16()
+        if compiled:
+            build_compiled(compiled_home, ("miniseg-covid", "miniseg-confirm"))
+            compiled_rows(compiled_home, args.seconds)
+        else:
+            print("\nthis CPU has no bfloat16 instructions: no compiled rows")
         # the card's settings, with test-time flips (one more network pass each, besides the plain one), and the
         # model whose components a second network confirms (two networks a slice)
         default = "miniseg-covid"
-        volumes = [("P001 DICOM, 512x512x148", P001, 148, default, ()),
+        volumes = [("P001 DICOM, 512x512x148", P001, 148, default, (), eager_home),
                    ("P001 DICOM, flips horizontal,vertical", P001, 148, default,
-                    ("--test-time-flips", "horizontal,vertical")),
-                   ("P001 DICOM, miniseg-covid-confirmed", P001, 148, "miniseg-covid-confirmed", ())]
+                    ("--test-time-flips", "horizontal,vertical"), eager_home),
+                   ("P001 DICOM, miniseg-covid-confirmed", P001, 148, "miniseg-covid-confirmed", (), eager_home)]
+        if compiled:
+            volumes += [("P001 DICOM, compiled", P001, 148, default, (), compiled_home),
+                        ("P001 DICOM, confirmed, compiled", P001, 148, "miniseg-covid-confirmed", (), compiled_home)]
         if not args.skip_600:
-            volumes.append(("P001 x4, 512x512x600 (NRRD)", make_600(tmp), 600, default, ()))
+            volumes.append(("P001 x4, 512x512x600 (NRRD)", make_600(tmp), 600, default, (), eager_home))
         print(f"\n{'end to end on the CPU (lightseg segment)':<36} {'wall s':>7} {'ref s':>7} {'ratio':>6} "
               f"{'peak RSS MB':>12}  stages (s)")
         reference_model = reference_miniseg().eval()
-        for name, path, n_slices, model, extra in volumes:
-            runs = []
-            for _ in range(args.repeats):  # a reference measurement beside each run: the machine drifts
+        runs: dict[str, list[dict]] = {name: [] for name, *_ in volumes}
+        for _ in range(args.repeats):  # the rows take turns, each run beside its own reference: the machine drifts
+            for name, path, n_slices, model, extra, home in volumes:
                 ref_seconds = n_slices / slices_per_second(reference_model, 1, 3, 512, torch.device("cpu"),
                                                            args.seconds)
-                run = run_segment(path, tmp, model, extra)
-                runs.append({**run, "ref_s": ref_seconds, "ratio": run["wall_s"] / ref_seconds})
-            run = {**sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2],
-                   "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+                run = run_segment(path, tmp, home, model, extra)
+                runs[name].append({**run, "ref_s": ref_seconds, "ratio": run["wall_s"] / ref_seconds})
+        for name, row_runs in runs.items():
+            run = {**sorted(row_runs, key=lambda r: r["ratio"])[len(row_runs) // 2],
+                   "peak_rss_mb": max(r["peak_rss_mb"] for r in row_runs)}
             stages = ", ".join(f"{k} {v:.2f}" for k, v in run["timings"].items() if k != "total")
             print(f"{name:<36} {run['wall_s']:7.2f} {run['ref_s']:7.2f} {run['ratio']:6.2f} "
                   f"{run['peak_rss_mb']:12.0f}  {stages}")
         print(f"\nwall s, ref s: the run with the median ratio of {args.repeats} (peak RSS: the largest); ref s: the "
               "reference forward alone for the same number of slices at 512 x 512 (no IO, no lung mask), measured "
               "right before that run.")
-        warm_process_rows(tmp, args.seconds)
+        warm_process_rows(tmp, args.seconds, [eager_home] + ([compiled_home] if compiled else []))
 
 
-def warm_process_rows(tmp: Path, seconds: float) -> None:
+def warm_process_rows(tmp: Path, seconds: float, homes: list[Path]) -> None:
     """The second of two P001 segmentations in one process (read in line, as Slicer's "Load data" then "Segment"
-    does, and read ahead during the first, as a one-worker batch does), and P001's lung mask against the network."""
-    segmenter = make_segmenter(None, "cpu")  # as Slicer and batch workers run it: with the pattern network
+    does, and read ahead during the first, as a one-worker batch does), with each LightSeg home's network (eager or
+    compiled), and P001's lung mask against the eager network."""
+    print(f"\n{'warm process (the 2nd segmentation)':<50} {'wall s':>7} {'ref s':>7} {'ratio':>6}  stages (s)")
+    forms = []
+    for home in homes:
+        os.environ["LIGHTSEG_HOME"] = str(home)
+        segmenter = make_segmenter(None, "cpu")  # as Slicer and batch workers run it: with the pattern network
+        forms.append((segmenter.network_form, segmenter))
     request = SegmentRequest(P001, tmp / "warm.nrrd", force=True)
-    print(f"\n{'warm process (the 2nd segmentation)':<36} {'wall s':>7} {'ref s':>7} {'ratio':>6}  stages (s)")
+    rows = [(f"P001 DICOM, {where}, {form}", read_ahead, segmenter) for form, segmenter in forms
+            for where, read_ahead in (("read in line", False), ("read during the 1st", True))]
+    segmenter = forms[0][1]
     with ThreadPoolExecutor(max_workers=1) as pool:
-        for name, read_ahead in (("P001 DICOM, read in line", False), ("P001 DICOM, read during the 1st", True)):
+        for name, read_ahead, each in rows:
             reference = 148 / slices_per_second(reference_miniseg().eval(), 1, 3, 512, torch.device("cpu"), seconds)
             ahead = start_reading(pool, P001) if read_ahead else None
-            segment_file(request, segmenter=segmenter)
+            segment_file(request, segmenter=each)
             start = time.perf_counter()
-            outcome = segment_file(request, segmenter=segmenter, read_ahead=ahead)
+            outcome = segment_file(request, segmenter=each, read_ahead=ahead)
             wall = time.perf_counter() - start
             stages = ", ".join(f"{k} {v:.2f}" for k, v in outcome.report["timings_s"].items() if k != "total")
-            print(f"{name:<36} {wall:7.2f} {reference:7.2f} {wall / reference:6.2f}  {stages}")
+            print(f"{name:<50} {wall:7.2f} {reference:7.2f} {wall / reference:6.2f}  {stages}")
 
     image = read_image(P001).image
     times, scan = [], None

@@ -8,7 +8,8 @@ must pass.
 A model is an id, a card path, or REVISION:ID for a bundled model as committed at a git revision (its card and weights
 are read with `git show`), so earlier defaults can be compared without keeping copies of them. Each model runs as
 `lightseg segment` runs it (the card's test-time flips and 3D post-processing, unless --test-time-flips or
---postprocessing replace them for every model).
+--postprocessing replace them for every model), with its eager fp32 network; MODEL+compiled runs the bfloat16
+network that `lightseg compile` builds (built first where this LightSeg home has none).
 
 Per model and case: for a case with radiologists' slice labels (P001: COVID-19; cap002: other pneumonia), the ROC AUC
 of the predicted infected area per slice with a 95 % block-bootstrap interval, and sensitivity and specificity of
@@ -46,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from LightSegLib import registry  # noqa: E402
+from LightSegLib.compiled import compile_network  # noqa: E402
 from LightSegLib.commands.common import parse_flips_option  # noqa: E402
 from LightSegLib.engine import Segmenter  # noqa: E402
 from LightSegLib.errors import LightSegError  # noqa: E402
@@ -65,6 +67,7 @@ GATE_MAX_NET_CLEAR_GAINED = 3
 GATE_MAX_VOLUME_CHANGE = 0.25
 GATE_MAX_NORMAL_ML_GAINED = 1.0  # on every CT without infection
 MAX_FALSE_POSITIVE_ML = 5.0  # the target on every CT without infection
+COMPILED = "+compiled"  # a model name's suffix: run its compiled form
 TARGETS = {"P001 specificity": ("P001", "specificity", ">=", 0.80),
            "P001 sensitivity": ("P001", "sensitivity", ">=", 0.95),
            "cap002 slice AUC": ("cap002", "auc", ">=", 0.85)}
@@ -271,7 +274,8 @@ def main() -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True,
-                        help="model ids, card paths or REVISION:ID; the first is the reference")
+                        help="model ids, card paths or REVISION:ID, each optionally +compiled; the first is the "
+                             "reference")
     parser.add_argument("--cases", nargs="+", help="case folder names (default: every case under --data)")
     parser.add_argument("--data", type=Path, default=DATA, help=f"holds {' and '.join(COLLECTIONS)}")
     parser.add_argument("--test-time-flips", help="replaces every card's: horizontal,vertical or none")
@@ -300,6 +304,20 @@ def overrides(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def make_segmenter(model: str | Path, compiled: bool, kwargs: dict) -> Segmenter:
+    """The model's segmenter with its eager network, or with ``compiled`` its compiled form (and its confirming
+    network's), built first when missing."""
+    card = registry.resolve(str(model))
+    if compiled:
+        confirm_with = card.postprocessing_settings().confirm_with
+        for each in [card] + ([registry.resolve(confirm_with)] if confirm_with else []):
+            compile_network(each)
+    segmenter = Segmenter(card, "cpu", compiled=compiled, **kwargs)
+    if compiled and segmenter.network_form != "compiled bf16":
+        raise LightSegError(f"the compiled network did not load ({segmenter.compiled_note})", card.path)
+    return segmenter
+
+
 def benchmark(args: argparse.Namespace) -> None:
     """Score every model on every case, print the tables and the gate; exit 1 if --gate is given and a model fails."""
     cases = load_cases(args.cases, args.data)
@@ -307,9 +325,10 @@ def benchmark(args: argparse.Namespace) -> None:
     rows: list[dict] = []
     scores: dict[str, list[np.ndarray]] = {c.name: [] for c in cases if c.labelled}
     with tempfile.TemporaryDirectory() as revisions:
-        paths = [model_at_revision(m, Path(revisions)) if ":" in m and not Path(m).exists() else m for m in args.models]
+        bases = [m[:-len(COMPILED)] if m.endswith(COMPILED) else m for m in args.models]
+        paths = [model_at_revision(m, Path(revisions)) if ":" in m and not Path(m).exists() else m for m in bases]
         for model, path in zip(args.models, paths):
-            segmenter = Segmenter(registry.resolve(path), "cpu", **kwargs)
+            segmenter = make_segmenter(path, model.endswith(COMPILED), kwargs)
             row: dict = {"model": model, "test_time_flips": list(segmenter.spec.flips),
                          "postprocessing": segmenter.postprocessing.to_card()}
             for case in cases:

@@ -1,0 +1,32 @@
+"""``lightseg compile``: build a model's network for this computer's CPU once, so later segmentations run faster."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compile", help="compile a model's network for this CPU (bfloat16; about 1.35x faster; once "
+                                       "per computer and model, under a minute per network)")
+    p.add_argument("--model", help="model id or card path (default: the default model); a model with a confirming "
+                                   "network gets both compiled")
+    p.add_argument("--force", action="store_true", help="rebuild an existing compiled form")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from .. import registry
+    from ..compiled import compile_network
+
+    card = registry.resolve(args.model)
+    cards = [card]
+    confirm_with = card.postprocessing_settings().confirm_with
+    if confirm_with:
+        cards.append(registry.resolve(confirm_with))
+    for each in cards:
+        start = time.perf_counter()
+        path = compile_network(each, args.force)
+        print(f"{each.id}: {path} ({time.perf_counter() - start:.0f} s)")
+    return 0

@@ -1,0 +1,102 @@
+"""The compiled network (``lightseg compile``, ``compiled.py``): built once through the CLI, run by the engine for CT
+volumes on the CPU, and never a stale or damaged one."""
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cli
+from LightSegLib.cards import ModelCard, load_network, save_model
+from LightSegLib.compiled import CompiledNetwork, artefact_path, compile_network, compiled_dir, cpu_has_bf16
+from LightSegLib.engine import Segmenter
+from LightSegLib.models.inference import inference_form
+
+
+@pytest.fixture(scope="module")
+def built(untrained_card: ModelCard, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained test model compiled by ``lightseg compile`` into a LightSeg home of its own (20-40 s)."""
+    home = tmp_path_factory.mktemp("compile-home")
+    result = run_cli("compile", "--model", untrained_card.path, env={"LIGHTSEG_HOME": str(home)})
+    if not cpu_has_bf16():
+        assert result.returncode == 2 and "no bfloat16 instructions" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not list(home.rglob("*.pt2"))
+        pytest.skip("this CPU has no bfloat16 instructions: the refusal was checked; nothing can be compiled")
+    assert result.returncode == 0, result.stderr
+    artefacts = list((home / "compiled").glob("*.pt2"))
+    assert len(artefacts) == 1 and str(artefacts[0]) in result.stdout
+    return artefacts[0]
+
+
+def install(artefact: Path) -> Path:
+    """Copy a built artefact into this test's LightSeg home, where the engine looks."""
+    compiled_dir().mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(artefact, compiled_dir() / artefact.name))
+
+
+def test_the_compiled_network_computes_the_eager_one_for_any_batch_size(built, untrained_card):
+    """11 slices: a full batch of 8 and a padded one of 3; bfloat16 moves probabilities by a little only."""
+    torch.manual_seed(1)
+    x = torch.randn(11, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    eager = inference_form(load_network(untrained_card)).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = torch.softmax(eager(x)[0], 1)
+        got = torch.softmax(CompiledNetwork(built)(x)[0], 1)
+    assert got.shape == expected.shape == (11, 2, 96, 96)
+    assert float((got - expected).abs().max()) < 0.05
+
+
+def test_the_engine_runs_the_compiled_form_once_built(built, untrained_card, sample, tmp_path):
+    assert Segmenter(untrained_card, "cpu").network_form == "eager fp32"  # nothing built in this home yet
+    install(built)
+    probabilities = {}
+    for compiled in (True, False):
+        segmenter = Segmenter(untrained_card, "cpu", compiled=compiled)
+        probabilities[compiled] = np.zeros(sample.GetSize()[::-1], np.float32)
+        result = segmenter.segment_volume(sample, probabilities=probabilities[compiled])
+        assert result.network_form == ("compiled bf16" if compiled else "eager fp32") and not result.notes
+    assert probabilities[True].max() > 0
+    assert np.abs(probabilities[True] - probabilities[False]).max() < 0.05
+
+    import json
+
+    from conftest import SAMPLE
+
+    report = tmp_path / "report.json"
+    run = run_cli("segment", SAMPLE, "-o", tmp_path / "labels.nrrd", "--model", untrained_card.path, "--device",
+                  "cpu", "--report", report)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(report.read_text())["model"]["network_form"] == "compiled bf16"
+
+
+def test_a_damaged_artefact_is_reported_and_the_eager_network_runs(built, untrained_card, sample):
+    install(built).write_bytes(b"not a compiled network")
+    segmenter = Segmenter(untrained_card, "cpu")
+    assert segmenter.network_form == "eager fp32"
+    notes = segmenter.segment_volume(sample).notes
+    assert any("could not be loaded" in note and "lightseg compile --force" in note for note in notes)
+
+
+def test_other_weights_under_the_same_id_do_not_run_anothers_compiled_form(built, untrained_card, tmp_path):
+    install(built)
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in load_network(untrained_card).state_dict().items()}
+    retrained = ModelCard.load(save_model(replace(untrained_card), state, tmp_path))  # a copy: save_model sets it
+    assert retrained.id == untrained_card.id and retrained.weights_sha256 != untrained_card.weights_sha256
+    assert retrained.architecture == untrained_card.architecture
+    spec = untrained_card.input_spec()
+    assert artefact_path(retrained, spec) != artefact_path(untrained_card, spec)
+    assert Segmenter(retrained, "cpu").network_form == "eager fp32"
+
+
+def test_an_existing_artefact_is_kept_unless_forced(built, untrained_card):
+    installed = install(built)
+    before = installed.stat().st_mtime_ns
+    assert compile_network(untrained_card) == installed and installed.stat().st_mtime_ns == before
+
+
+def test_compiling_an_unknown_model_is_one_line_and_exit_2():
+    result = run_cli("compile", "--model", "no-such-model")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "no-such-model" in result.stderr
