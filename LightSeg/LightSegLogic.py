@@ -58,10 +58,19 @@ class LightSegCoreLogic:
                  f"validation: {validation_summary(card)}",
                  f"test-time flips: {', '.join(card.test_time_flips) or 'none'}",
                  f"3D post-processing: {card.postprocessing or 'none'}",
-                 f"licence: {card.licence}"]
+                 f"licence: {card.licence}", LightSegCoreLogic.compiledText(card)]
         if card.parent:
             lines.append(f"fine-tuned from {card.parent['id']}")
         return "\n".join(line for line in lines if line)
+
+    @staticmethod
+    def compiledText(card):
+        """Whether this computer runs the model's compiled network (``lightseg compile``), for the tooltip."""
+        from LightSegLib.compiled import is_compiled
+
+        if is_compiled(card):
+            return "network: compiled for this computer's CPU (bfloat16)"
+        return f"network: eager (run 'lightseg compile --model {card.id}' once to compile it for this CPU)"
 
     @staticmethod
     def diagnosticsText():

@@ -55,6 +55,11 @@ def artefact_path(card: ModelCard, spec: InputSpec) -> Path:
     return compiled_dir() / name
 
 
+def is_compiled(card: ModelCard) -> bool:
+    """Whether ``lightseg compile`` built ``card``'s network for this torch and CPU."""
+    return artefact_path(card, card.input_spec()).exists()
+
+
 class _Bf16Logits(nn.Module):
     """The network in bfloat16, taking and giving fp32: (B, C, H, W) input -> (B, K, H, W) logits."""
 

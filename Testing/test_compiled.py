@@ -100,3 +100,25 @@ def test_an_existing_artefact_is_kept_unless_forced(built, untrained_card):
 def test_compiling_an_unknown_model_is_one_line_and_exit_2():
     result = run_cli("compile", "--model", "no-such-model")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1 and "no-such-model" in result.stderr
+
+
+def test_the_model_list_and_the_slicer_tooltip_say_whether_a_model_is_compiled(built, untrained_card, user_store):
+    import json
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "LightSeg"))
+    from LightSegLogic import LightSegCoreLogic
+
+    user_store.mkdir(parents=True, exist_ok=True)
+    for path in (untrained_card.path, untrained_card.weights_path):
+        shutil.copy(path, user_store)
+
+    def listed() -> bool:
+        rows = json.loads(run_cli("models", "--json").stdout)
+        return next(row for row in rows if row["id"] == untrained_card.id)["compiled_for_this_cpu"]
+
+    assert not listed() and "network: eager" in LightSegCoreLogic.cardTooltip(untrained_card, False)
+    install(built)
+    assert listed() and "compiled for this computer" in LightSegCoreLogic.cardTooltip(untrained_card, False)

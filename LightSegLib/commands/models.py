@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import registry
     from ..cards import validation_summary
+    from ..compiled import is_compiled
 
     if args.remove:
         for path in registry.remove_user_model(args.remove):
@@ -29,16 +30,16 @@ def run(args: argparse.Namespace) -> int:
              "where": "bundled" if e.bundled else "user", "test_time_flips": e.card.test_time_flips,
              "val_infnet_dice": e.card.validation.get("kept", {}).get("infnet_dice"),
              "cv_infnet_dice": e.card.validation.get("cross_validation", {}).get("infnet_dice"),
-             "validation": validation_summary(e.card)} for e in entries]
+             "validation": validation_summary(e.card), "compiled_for_this_cpu": is_compiled(e.card)} for e in entries]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
         print(f"no models found (bundled: {registry.bundled_dir()}, user: {registry.user_dir()})")
         return 0
-    header = ("id", "version", "architecture", "parameters", "licence", "where", "Inf-Net Dice")
+    header = ("id", "version", "architecture", "parameters", "licence", "where", "compiled", "Inf-Net Dice")
     table = [header] + [(r["id"], r["version"], r["architecture"], f"{r['parameters']:,}", r["licence"], r["where"],
-                         _dice_cell(r)) for r in rows]
+                         "yes" if r["compiled_for_this_cpu"] else "no", _dice_cell(r)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
