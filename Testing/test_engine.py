@@ -108,6 +108,29 @@ def test_resampling_back_inside_a_window_equals_the_full_slice_there():
     assert torch.allclose(part, full[:, :, 100:400, 60:470], atol=1e-4)  # float32 grid rounding
 
 
+def test_the_crop_grid_is_torchs_affine_grid_bit_for_bit():
+    """The engine builds its crop grids row by column (``axis_aligned_grid``); they must equal ``affine_grid``'s
+    exactly, so the probabilities are unchanged; a rotating theta still goes through ``affine_grid``."""
+    import torch
+    import torch.nn.functional as F
+
+    from LightSegLib.preprocess import axis_aligned_grid, crop_affines, resample
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        height, width = (int(v) for v in rng.integers(64, 600, 2))
+        top, left = rng.integers(0, height // 2, 8), rng.integers(0, width // 2, 8)
+        boxes = np.stack([top, top + rng.integers(20, height // 2, 8), left, left + rng.integers(20, width // 2, 8)], 1)
+        for theta in crop_affines(boxes, height, width):
+            size = (int(rng.integers(50, 520)), int(rng.integers(50, 520)))
+            expected = F.affine_grid(theta, [8, 1, *size], align_corners=False)
+            assert torch.equal(axis_aligned_grid(theta, size), expected)
+    rotation = torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]]])
+    image = torch.arange(16.0).view(1, 1, 4, 4)
+    assert torch.equal(resample(image, rotation, (4, 4)), F.grid_sample(
+        image, F.affine_grid(rotation, [1, 1, 4, 4], align_corners=False), align_corners=False))
+
+
 def test_test_time_flips_average_the_flipped_passes(untrained_card, sample):
     """Each flipped pass is flipped back before averaging; the card's flips are the default, a caller's replace them."""
     import dataclasses
