@@ -92,6 +92,7 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveReportPageButton.connect("clicked(bool)", self.onSaveReportPage)
         self.ui.deviceSelector.connect("currentIndexChanged(int)", self.updateDiagnostics)
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.updateModelTooltip)
+        self.ui.compileButton.connect("clicked(bool)", self.onCompileButton)
         self.ui.addPairButton.connect("clicked(bool)", self.onAddPair)
         self.ui.addNegativeButton.connect("clicked(bool)", self.onAddNegative)
         self.ui.removePairButton.connect("clicked(bool)", self.onRemovePair)
@@ -165,6 +166,17 @@ class LightSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateDiagnostics(self, index=None):
         self.ui.gpuDiagnosticsLabel.text = self.logic.diagnosticsText()
+
+    def onCompileButton(self):
+        if not ensureDependencies():
+            return
+        modelId = self.ui.modelSelector.currentText
+        self.ui.statusLabel.text = f"Compiling {modelId} for this computer (under a minute per network)..."
+        slicer.app.processEvents()
+        with slicer.util.tryWithErrorDisplay("LightSeg could not compile this model.", waitCursor=True):
+            paths = self.logic.compileModel(modelId)
+            self.ui.statusLabel.text = f"{modelId}: {len(paths)} network(s) compiled for this computer."
+            self.refreshModels(select=modelId)
 
     def onSegmentButton(self):
         if self._running:

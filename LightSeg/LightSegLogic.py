@@ -63,6 +63,16 @@ class LightSegCoreLogic:
             lines.append(f"fine-tuned from {card.parent['id']}")
         return "\n".join(line for line in lines if line)
 
+    def compileModel(self, modelId):
+        """Build the model's network (and its confirming network) for this computer's CPU, as ``lightseg compile``
+        does; segmentations on the CPU run it from then on. Returns the compiled files."""
+        from LightSegLib import registry
+        from LightSegLib.compiled import compile_network, networks_of
+
+        paths = [compile_network(card) for card in networks_of(registry.resolve(modelId))]
+        self._segmenters.clear()  # the loaded ones hold the eager networks
+        return paths
+
     @staticmethod
     def compiledText(card):
         """Whether this computer runs the model's compiled network (``lightseg compile``), for the tooltip."""

@@ -55,6 +55,14 @@ def artefact_path(card: ModelCard, spec: InputSpec) -> Path:
     return compiled_dir() / name
 
 
+def networks_of(card: ModelCard) -> list[ModelCard]:
+    """The cards whose networks segmenting with ``card`` runs: its own, and its confirming network's."""
+    from . import registry
+
+    confirm_with = card.postprocessing_settings().confirm_with
+    return [card] + ([registry.resolve(confirm_with)] if confirm_with else [])
+
+
 def is_compiled(card: ModelCard) -> bool:
     """Whether ``lightseg compile`` built ``card``'s network for this torch and CPU."""
     return artefact_path(card, card.input_spec()).exists()

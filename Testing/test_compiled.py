@@ -122,3 +122,22 @@ def test_the_model_list_and_the_slicer_tooltip_say_whether_a_model_is_compiled(b
     assert not listed() and "network: eager" in LightSegCoreLogic.cardTooltip(untrained_card, False)
     install(built)
     assert listed() and "compiled for this computer" in LightSegCoreLogic.cardTooltip(untrained_card, False)
+
+
+def test_the_slicer_logic_compiles_a_model_and_its_confirming_network(built, untrained_card):
+    import sys
+
+    from conftest import REPO
+    from LightSegLib import registry
+    from LightSegLib.compiled import networks_of
+
+    sys.path.insert(0, str(REPO / "LightSeg"))
+    from LightSegLogic import LightSegCoreLogic
+
+    assert [c.id for c in networks_of(registry.resolve("miniseg-covid-confirmed"))] == ["miniseg-covid-confirmed",
+                                                                                        "miniseg-confirm"]
+    installed = install(built)  # already built: the Logic's call finds it and builds nothing
+    logic = LightSegCoreLogic()
+    logic._segmenters[("stale", "cpu")] = object()
+    assert logic.compileModel(str(untrained_card.path)) == [installed]
+    assert logic._segmenters == {}  # segmenters loaded before hold the eager network: they are dropped

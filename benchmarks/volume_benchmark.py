@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from LightSegLib import registry  # noqa: E402
-from LightSegLib.compiled import compile_network  # noqa: E402
+from LightSegLib.compiled import compile_network, networks_of  # noqa: E402
 from LightSegLib.commands.common import parse_flips_option  # noqa: E402
 from LightSegLib.engine import Segmenter  # noqa: E402
 from LightSegLib.errors import LightSegError  # noqa: E402
@@ -309,8 +309,7 @@ def make_segmenter(model: str | Path, compiled: bool, kwargs: dict) -> Segmenter
     network's), built first when missing."""
     card = registry.resolve(str(model))
     if compiled:
-        confirm_with = card.postprocessing_settings().confirm_with
-        for each in [card] + ([registry.resolve(confirm_with)] if confirm_with else []):
+        for each in networks_of(card):
             compile_network(each)
     segmenter = Segmenter(card, "cpu", compiled=compiled, **kwargs)
     if compiled and segmenter.network_form != "compiled bf16":

@@ -18,15 +18,10 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from .. import registry
-    from ..compiled import compile_network
+    from ..compiled import compile_network, networks_of
 
-    card = registry.resolve(args.model)
-    cards = [card]
-    confirm_with = card.postprocessing_settings().confirm_with
-    if confirm_with:
-        cards.append(registry.resolve(confirm_with))
-    for each in cards:
+    for card in networks_of(registry.resolve(args.model)):
         start = time.perf_counter()
-        path = compile_network(each, args.force)
-        print(f"{each.id}: {path} ({time.perf_counter() - start:.0f} s)")
+        path = compile_network(card, args.force)
+        print(f"{card.id}: {path} ({time.perf_counter() - start:.0f} s)")
     return 0
