@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import registry
 from .cards import ModelCard, load_network
 from .errors import LightSegError
 from .models.inference import inference_form
@@ -32,8 +33,7 @@ PRECISION = "bf16"
 
 def compiled_dir() -> Path:
     """``$LIGHTSEG_HOME/compiled``, by default ``~/.lightseg/compiled``."""
-    home = os.environ.get("LIGHTSEG_HOME") or Path.home() / ".lightseg"
-    return Path(home) / "compiled"
+    return registry.home_dir() / "compiled"
 
 
 def cpu_has_bf16() -> bool:
@@ -57,8 +57,6 @@ def artefact_path(card: ModelCard, spec: InputSpec) -> Path:
 
 def networks_of(card: ModelCard) -> list[ModelCard]:
     """The cards whose networks segmenting with ``card`` runs: its own, and its confirming network's."""
-    from . import registry
-
     confirm_with = card.postprocessing_settings().confirm_with
     return [card] + ([registry.resolve(confirm_with)] if confirm_with else [])
 
@@ -105,8 +103,6 @@ def compile_network(card: ModelCard, force: bool = False) -> Path:
             exported = torch.export.export(network, (example,))
             aoti_compile_and_package(exported, package_path=partial)
         os.replace(partial, path)
-    except LightSegError:
-        raise
     except Exception as exc:  # export or C++ compilation failed: say so in one line
         raise LightSegError(f"could not compile the network ({type(exc).__name__}: {str(exc).splitlines()[0]})",
                             card.path) from None

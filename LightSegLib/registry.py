@@ -14,8 +14,8 @@ from .errors import LightSegError
 if TYPE_CHECKING:  # loading a card imports torch; finding one (card_path) does not
     from .cards import ModelCard
 
-__all__ = ["DEFAULT_MODEL", "ModelEntry", "bundled_dir", "card_path", "list_models", "remove_user_model", "resolve",
-           "user_dir"]
+__all__ = ["DEFAULT_MODEL", "ModelEntry", "bundled_dir", "card_path", "home_dir", "list_models", "remove_user_model",
+           "resolve", "user_dir"]
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,10 +24,14 @@ def bundled_dir() -> Path:
     return Path(os.environ.get("LIGHTSEG_BUNDLED_MODELS", PACKAGE_ROOT / "Resources" / "Models"))
 
 
+def home_dir() -> Path:
+    """``$LIGHTSEG_HOME``, by default ``~/.lightseg``: the user's models and compiled networks."""
+    return Path(os.environ.get("LIGHTSEG_HOME") or Path.home() / ".lightseg")
+
+
 def user_dir() -> Path:
     """``$LIGHTSEG_HOME/models``, by default ``~/.lightseg/models``."""
-    home = os.environ.get("LIGHTSEG_HOME") or Path.home() / ".lightseg"
-    return Path(home) / "models"
+    return home_dir() / "models"
 
 
 @dataclass
