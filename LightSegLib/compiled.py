@@ -102,6 +102,7 @@ def compile_network(card: ModelCard, force: bool = False) -> Path:
             warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations inside export
             exported = torch.export.export(network, (example,))
             aoti_compile_and_package(exported, package_path=partial)
+        os.chmod(partial, 0o644)  # mkstemp's 0600 would keep other accounts on a shared LightSeg home out
         os.replace(partial, path)
     except Exception as exc:  # export or C++ compilation failed: say so in one line
         raise LightSegError(f"could not compile the network ({type(exc).__name__}: {str(exc).splitlines()[0]})",

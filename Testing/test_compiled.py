@@ -28,6 +28,7 @@ def built(untrained_card: ModelCard, tmp_path_factory: pytest.TempPathFactory) -
     assert result.returncode == 0, result.stderr
     artefacts = list((home / "compiled").glob("*.pt2"))
     assert len(artefacts) == 1 and str(artefacts[0]) in result.stdout
+    assert artefacts[0].stat().st_mode & 0o777 == 0o644  # readable by the other accounts of a shared home
     return artefacts[0]
 
 
