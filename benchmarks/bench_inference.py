@@ -11,8 +11,9 @@ series (the default model as its card runs it, with the test-time flips that 1.6
 512 x 512 x 600 volume made from it; wall time and peak RSS of that process. Each run alternates with a measurement of
 the reference forward, and the ratio is the median of the per-pair ratios (the machine's speed drifts by half within
 minutes); the rows take turns, so each repeat of every row falls in the same stretch of time. Warm process: the
-second of two segmentations of P001 in this process (a Slicer session or a batch worker), read and write included. Lung mask: P001's lung mask and crop boxes in this process (median of 5), against the
-network's time for its slices. Compiled: where the CPU has bfloat16 instructions, the P001 rows and the network row
+second of two segmentations of P001 in this process (a Slicer session or a batch worker), read and write included.
+Lung mask: P001's lung mask and crop boxes in this process (median of 5), against the network's time for its slices.
+Compiled: where the CPU has bfloat16 instructions, the P001 rows and the network row
 are measured again with the networks that ``lightseg compile`` builds (run first, in a temporary LightSeg home; the
 eager rows run with an empty one).
 """

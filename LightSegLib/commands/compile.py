@@ -6,8 +6,9 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compile", help="compile a model's network for this CPU (bfloat16; about 1.35x faster; once "
-                                       "per computer and model, under a minute per network)")
+    p = sub.add_parser("compile", help="compile a model's network for this CPU (bfloat16; as fast as the eager "
+                                       "network on a quiet machine, up to 1.35x when it is busy; once per computer "
+                                       "and model, under a minute per network)")
     p.add_argument("--model", help="model id or card path (default: the default model); a model with a confirming "
                                    "network gets both compiled")
     p.add_argument("--force", action="store_true", help="rebuild an existing compiled form")
