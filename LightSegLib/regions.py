@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .lungs import LEFT, RIGHT, dilate_octagon
+from .lungs import LEFT, RIGHT, dilate_slices
 
 PERIPHERAL_MM = 20.0
 HIGH_OPACITY_HU = -200.0
@@ -48,7 +48,7 @@ def _peripheral(lung: np.ndarray, radius: float) -> np.ndarray:
     box = (slice(None), slice(max(rows[0] - pad, 0), rows[-1] + 1 + pad),
            slice(max(columns[0] - pad, 0), columns[-1] + 1 + pad))
     peripheral = np.zeros(lung.shape, bool)
-    peripheral[box] = dilate_octagon(~lung[box], radius) & lung[box]
+    peripheral[box] = dilate_slices(~lung[box], radius) & lung[box]
     return peripheral
 
 

@@ -163,3 +163,62 @@ def test_spine_offset_from_row_counts_equals_the_mean_over_voxels(p001_lungs):
     lung_rows = np.nonzero(lungs[middle])[1]
     expected = (bone_rows.mean() - lung_rows.mean()) * view.spacing[1]
     assert spine_offset_mm(hu, lungs, view.spacing) == pytest.approx(expected, abs=1e-9)
+
+
+def test_closing_eight_slices_to_a_byte_matches_each_slice_closed_alone():
+    """The closing packs eight slices into the bits of a byte: no slice may leak into another, and a stack that is
+    not a multiple of eight closes as each slice alone does."""
+    from LightSegLib.lungs import _close_chunk
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:60, :60]
+    inside = np.zeros((11, 60, 60), bool)
+    for z in range(11):  # a different ring-shaped blob per slice, with a notch and a hole
+        cy, cx = rng.integers(22, 38, 2)
+        radius = np.hypot(yy - cy, xx - cx)
+        inside[z] = (radius < rng.integers(10, 16)) & (radius > 3) & ~((xx > cx) & (abs(yy - cy) < 2))
+    hu = np.where(inside, -850, rng.choice([-600, 40], inside.shape)).astype(np.int16)
+    together = _close_chunk(inside, hu, 6.0, 3.0, 10, 8)
+    alone = np.concatenate([_close_chunk(inside[z:z + 1], hu[z:z + 1], 6.0, 3.0, 10, 8) for z in range(11)])
+    assert np.array_equal(together, alone)
+    assert together.sum() > inside.sum()  # the closing did something
+
+
+def test_a_hole_is_a_hole_of_its_own_slice():
+    """The hole in slice 0 lies over background that reaches the edge in slice 1: it is still filled (the holes
+    are labelled in 3D, each slice's background apart from its neighbours')."""
+    from LightSegLib.lungs import _fill_holes
+
+    closed = np.zeros((2, 20, 20), bool)
+    closed[0, 4:16, 4:16] = True
+    closed[0, 9:11, 9:11] = False  # a vessel-sized hole
+    hu = np.full(closed.shape, -800, np.int16)
+    _fill_holes(closed, hu, max_small_hole=10)
+    assert closed[0, 9:11, 9:11].all()
+    assert not closed[1].any()
+
+
+def test_between_is_the_span_from_the_first_to_the_last_mask_voxel_of_each_line():
+    from LightSegLib.lungs import _between
+
+    mask = np.random.default_rng(1).random((3, 7, 9)) < 0.15
+    for axis in (1, 2):
+        expected = np.zeros_like(mask)
+        lines = np.moveaxis(mask, axis, -1)
+        spans = np.moveaxis(expected, axis, -1)
+        for index in np.ndindex(lines.shape[:-1]):
+            hits = np.flatnonzero(lines[index])
+            if hits.size:
+                spans[index][hits[0]:hits[-1] + 1] = True
+        assert np.array_equal(_between(mask, axis), expected)
+
+
+@pytest.mark.parametrize("shape", [(3, 10, 12), (3, 9, 11)])
+def test_column_counts_of_an_upsampled_mask_are_counted_on_the_coarse_grid(shape):
+    from LightSegLib.lungs import _upsampled_column_counts, upsample_in_plane
+
+    coarse = np.random.default_rng(2).integers(0, 3, (shape[0], (shape[1] + 1) // 2, (shape[2] + 1) // 2))
+    coarse = coarse.astype(np.uint8)
+    fine = upsample_in_plane(coarse, 2, shape)
+    for side in (RIGHT, LEFT):
+        assert np.array_equal(_upsampled_column_counts(coarse, side, shape), (fine == side).sum(axis=(0, 1)))
