@@ -180,18 +180,20 @@ class Segmenter:
             small.update({first + int(i): m for i, m in zip(infected, maps)})
 
     @staticmethod
-    def _patterns_of(labels_c: np.ndarray, small: dict[int, torch.Tensor], slices: np.ndarray,
+    def _patterns_of(labels_c: np.ndarray, small: dict[int, torch.Tensor], crops: SliceBoxes,
                      to_slice: torch.Tensor) -> np.ndarray:
         """The pattern map: each infection voxel (after the clean-up) reads its slice's consolidation map at its own
         position through the crop affine, the bilinear sample the infection probability got; only infected voxels
-        are sampled, not whole slices."""
+        are sampled, not whole slices. Infection lies in the lungs, so inside each slice's crop box."""
         patterns_c = np.zeros(labels_c.shape, np.uint8)
         height, width = labels_c.shape[1:]
         for position, consolidation in small.items():
-            z = int(slices[position])
-            rows, columns = np.nonzero(labels_c[z] == INFECTION)
+            z = int(crops.slices[position])
+            y0, y1, x0, x1 = (int(v) for v in crops.boxes[position])
+            rows, columns = np.nonzero(labels_c[z, y0:y1, x0:x1] == INFECTION)
             if not len(rows):
                 continue
+            rows, columns = rows + y0, columns + x0
             points = torch.from_numpy(np.stack([(2 * columns + 1) / width - 1, (2 * rows + 1) / height - 1,
                                                 np.ones(len(rows))], axis=1))
             grid = (points @ to_slice[position].double().T).float().view(1, 1, -1, 2)  # slice -> crop, normalised
@@ -278,7 +280,7 @@ class Segmenter:
         patterns = None
         if self.patterns is not None:
             tic = time.perf_counter()
-            patterns_c = self._patterns_of(labels_c, consolidation_small, crops.slices, to_slice)
+            patterns_c = self._patterns_of(labels_c, consolidation_small, crops, to_slice)
             patterns = image_from_array(view.from_canonical(patterns_c), image)
             timings["patterns"] = pattern_seconds + time.perf_counter() - tic
         notes = [TURNED_NOTE] if scan.turned else []

@@ -69,8 +69,9 @@ def regional_measurements(labels_c: np.ndarray, sides: np.ndarray, hu_c: np.ndar
             result[name] = {}
             continue
         sick = lung & infected
-        lung_z, sick_z = lung.sum(axis=(1, 2)), sick.sum(axis=(1, 2))
-        lung_y, sick_y = lung.sum(axis=(0, 2)), sick.sum(axis=(0, 2))
+        lung_zy, sick_zy = lung.sum(axis=2, dtype=np.int32), sick.sum(axis=2, dtype=np.int32)  # one pass each
+        lung_z, sick_z = lung_zy.sum(axis=1), sick_zy.sum(axis=1)
+        lung_y, sick_y = lung_zy.sum(axis=0), sick_zy.sum(axis=0)
         lower, middle, upper = _thirds(lung_z)
         rows = np.flatnonzero(lung_y)
         half = int(np.ceil((rows[0] + rows[-1] + 1) / 2))

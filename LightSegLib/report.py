@@ -22,16 +22,19 @@ def volume_measurements(result: Segmentation) -> dict[str, Any]:
     labels_c = result.view.to_canonical(sitk.GetArrayViewFromImage(result.labels))
     infected = labels_c == INFECTION
     ml = result.view.voxel_volume_mm3 / 1000
+    sides = result.lungs.sides
+    # counted with count_nonzero over the whole volume (bincount would widen every voxel to int64), and by side
+    # over the infection only
+    lung_voxels = {RIGHT: np.count_nonzero(sides == RIGHT)}
+    lung_voxels[LEFT] = np.count_nonzero(sides) - lung_voxels[RIGHT]
+    infected_voxels = np.bincount(sides[infected], minlength=3)
     lungs = {}
-    # boolean masks and count_nonzero: bincount would widen every voxel to int64 (8 bytes a voxel on long scans)
     for name, side in (("right", RIGHT), ("left", LEFT)):
-        in_side = result.lungs.sides == side
-        volume = np.count_nonzero(in_side) * ml
-        infection = np.count_nonzero(in_side & infected) * ml
+        volume, infection = lung_voxels[side] * ml, int(infected_voxels[side]) * ml
         lungs[name] = {"volume_ml": round(volume, 1), "infection_ml": round(infection, 1),
                        "percent_involved": percent(infection, volume)}
     total_lung = lungs["right"]["volume_ml"] + lungs["left"]["volume_ml"]
-    infection_ml = float(np.count_nonzero(infected)) * ml
+    infection_ml = float(infected_voxels.sum()) * ml
     return {
         "infection_ml": round(infection_ml, 1),
         "lung_volume_ml": round(total_lung, 1),
