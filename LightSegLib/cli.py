@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+from .allocator import keep_freed_memory
 from .commands import COMMANDS
 from .errors import LightSegError
 
@@ -43,6 +44,7 @@ def run() -> None:
     By then every output file is written and closed. Tearing down torch's modules alone takes 0.25 s, a large share
     of a 4 s ``lightseg segment``; the operating system frees the memory at once.
     """
+    keep_freed_memory()
     try:
         code = main()
     finally:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..allocator import keep_freed_memory
 from ..errors import LightSegError
 from ..io import remove_stale_temporaries, write_atomically
 from ..read_ahead import ReadAhead, start_reading
@@ -95,6 +96,7 @@ class StudyRunner:
 
         from ..pipeline import make_segmenter
 
+        keep_freed_memory()  # a worker process (local or a Ray actor) is LightSeg's own
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.settings = settings
