@@ -22,6 +22,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from .slice_morphology import close_octagon, dilate_octagon, pack_slices, unpack_slices
+
 AIR_HU = -400.0
 WORKING_SPACING_MM = 1.5
 CLOSING_RADIUS_MM = 20.0
@@ -54,7 +56,6 @@ class LungMask:
         return LungMask(np.ascontiguousarray(np.choose(turned, [0, LEFT, RIGHT]).astype(np.uint8)))
 
 
-_LINES = ((0, 1), (1, 0), (1, 1), (1, -1))  # in-plane directions of the four segments that make an octagon
 CHUNK_SLICES = 40  # slices closed at a time: bounds the temporaries on long scans, and spreads the work
 
 
@@ -63,69 +64,6 @@ def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
     them; cc3d takes a third of its time."""
     labels, count = cc3d.connected_components(mask, connectivity=6, return_N=True)
     return labels, int(count)
-
-
-def _octagon_halves(radius: float) -> tuple[int, int]:
-    """Half-lengths of the axial and diagonal segments whose Minkowski sum is a regular octagon of ``radius``.
-
-    With axial half-length a and diagonal half-length b the octagon reaches a + 2b along the axes and
-    sqrt(2) (a + b) along the diagonals; both equal to the radius gives b = 0.293 r, and a = r - 2b.
-    """
-    diagonal = int(round((1 - np.sqrt(0.5)) * radius))
-    return max(int(round(radius)) - 2 * diagonal, 0), diagonal
-
-
-def _or_shifted(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``x`` OR ``x`` moved by (dy, dx) within each slice (zero-filled): a copy and one in-place OR."""
-    out = x.copy()
-    h, w = x.shape[1:]
-    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] |= \
-        x[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
-    return out
-
-
-def dilate_octagon(x: np.ndarray, radius: float) -> np.ndarray:
-    """In-slice dilation by an octagon, as four segment dilations, each by doubling shifts (a few array ops)."""
-    axial, diagonal = _octagon_halves(radius)
-    for (dy, dx), half in zip(_LINES, (axial, axial, diagonal, diagonal)):
-        for sign in (1, -1):
-            reach = 0
-            while reach < half:
-                step = min(reach + 1, half - reach)
-                x = _or_shifted(x, sign * step * dy, sign * step * dx)
-                reach += step
-    return x
-
-
-def dilate_slices(mask: np.ndarray, radius: float) -> np.ndarray:
-    """In-slice octagon dilation of a boolean (S, P, L) mask, eight slices at a time (see ``pack_slices``)."""
-    return unpack_slices(dilate_octagon(pack_slices(mask), radius), mask.shape[0])
-
-
-def pack_slices(mask: np.ndarray) -> np.ndarray:
-    """Eight slices of a boolean (S, P, L) mask to the bits of a byte (slice 8 j + k is bit k of packed slice j): an
-    in-plane shift of the packed array moves eight slices at once, and in-slice dilations and closings act on each
-    bit as on its slice. Shifting whole slices is five times faster than ``np.packbits`` along the first axis."""
-    planes = mask.view(np.uint8)
-    packed = np.zeros((-(-mask.shape[0] // 8),) + mask.shape[1:], np.uint8)
-    for bit in range(8):
-        part = planes[bit::8]
-        packed[:len(part)] |= part << np.uint8(bit)
-    return packed
-
-
-def unpack_slices(packed: np.ndarray, depth: int) -> np.ndarray:
-    """The boolean (``depth``, P, L) mask of ``pack_slices``."""
-    mask = np.empty((depth,) + packed.shape[1:], np.uint8)
-    for bit in range(8):
-        part = mask[bit::8]
-        np.bitwise_and(packed[:len(part)] >> np.uint8(bit), np.uint8(1), out=part)
-    return mask.view(bool)
-
-
-def _close_octagon(x: np.ndarray, radius: float) -> np.ndarray:
-    """In-slice closing by an octagon; the erosion is the complement's dilation (outside the array counts as set)."""
-    return ~dilate_octagon(~dilate_octagon(x, radius), radius)
 
 
 def _close_slices(mask: np.ndarray, hu: np.ndarray, radius: float, reach: float, max_small_hole: int,
@@ -155,7 +93,7 @@ def _close_chunk(inside: np.ndarray, hu_box: np.ndarray, radius: float, reach: f
                  pad: int) -> np.ndarray:
     depth = inside.shape[0]
     packed = np.pad(pack_slices(inside), ((0, 0), (pad, pad), (pad, pad)))
-    region = unpack_slices(_close_octagon(packed, radius), depth)[:, pad:-pad, pad:-pad]
+    region = unpack_slices(close_octagon(packed, radius), depth)[:, pad:-pad, pad:-pad]
     near = unpack_slices(dilate_octagon(packed, reach), depth)[:, pad:-pad, pad:-pad]
     closed = inside | (region & (near | (hu_box < GGO_MAX_HU)))
     _fill_holes(closed, hu_box, max_small_hole)

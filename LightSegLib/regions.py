@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .lungs import LEFT, RIGHT, dilate_slices
+from .lungs import LEFT, RIGHT
+from .slice_morphology import dilate_slices
 
 PERIPHERAL_MM = 20.0
 HIGH_OPACITY_HU = -200.0

@@ -71,23 +71,6 @@ def test_crop_boxes_cover_the_lungs(p001_lungs):
         assert mask.lungs[z, y0:y1, x0:x1].sum() == mask.lungs[z].sum()
 
 
-@pytest.mark.parametrize("radius", [5.3, 13.3])
-def test_octagon_closing_is_close_to_a_disk(radius):
-    """The four-segment octagon used for closing lies between the disks of radius r - 1.5 and r + 1, area within 10 %."""
-    from LightSegLib.lungs import dilate_octagon
-
-    size = 41
-    point = np.zeros((1, size, size), bool)
-    point[0, size // 2, size // 2] = True
-    octagon = dilate_octagon(point, radius)[0]
-    yy, xx = np.mgrid[:size, :size] - size // 2
-    distance = np.hypot(yy, xx)
-    assert octagon[distance <= radius - 1.5].all()
-    assert not octagon[distance > radius + 1].any()
-    assert abs(octagon.sum() / (np.pi * radius**2) - 1) < 0.1
-    assert (octagon == octagon[::-1]).all() and (octagon == octagon.T).all()  # symmetric
-
-
 def test_lung_crops_keep_their_hu_view_valid_after_the_caller_drops_the_image(p001):
     import gc
 
