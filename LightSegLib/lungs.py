@@ -37,6 +37,7 @@ CUT_END_FRACTION = 0.1
 BODY_ENCLOSED_FRACTION = 0.5  # air touching the field of view's edge is lung when the body encloses this much of it
 RIGHT, LEFT = 1, 2
 WORKERS = 2  # threads for the steps that split into independent parts (the laptops we aim at have 2-8 cores)
+CHUNK_SLICES = 40  # slices closed at a time: bounds the temporaries on long scans, and spreads the work
 
 
 @dataclass
@@ -54,9 +55,6 @@ class LungMask:
         """The mask in a view turned 180 degrees about the long axis: reversed in-plane, right and left swapped."""
         turned = self.sides[:, ::-1, ::-1]
         return LungMask(np.ascontiguousarray(np.choose(turned, [0, LEFT, RIGHT]).astype(np.uint8)))
-
-
-CHUNK_SLICES = 40  # slices closed at a time: bounds the temporaries on long scans, and spreads the work
 
 
 def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
