@@ -13,10 +13,9 @@ the reference forward, and the ratio is the median of the per-pair ratios (the m
 minutes); the rows take turns, so each repeat of every row falls in the same stretch of time. Warm process: the
 second of two segmentations of P001 in this process (a Slicer session or a batch worker), read and write included.
 Lung mask: P001's lung mask and crop boxes in this process, five times, each followed by the network's forward for
-its slices; the median of the five ratios.
-Compiled: where the CPU has bfloat16 instructions, the P001 rows and the network row
-are measured again with the networks that ``lightseg compile`` builds (run first, in a temporary LightSeg home; the
-eager rows run with an empty one).
+its slices; the median of the five ratios. Compiled: where the CPU has bfloat16 instructions, the P001 rows and the
+network row are measured again with the networks that ``lightseg compile`` builds (run first, in a temporary LightSeg
+home; the eager rows run with an empty one).
 """
 
 from __future__ import annotations
