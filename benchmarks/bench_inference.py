@@ -13,9 +13,10 @@ the reference forward, and the ratio is the median of the per-pair ratios (the m
 minutes); the rows take turns, so each repeat of every row falls in the same stretch of time. Warm process: the
 second of two segmentations of P001 in this process (a Slicer session or a batch worker), read and write included.
 Lung mask: P001's lung mask and crop boxes in this process, five times, each followed by the network's forward for
-its slices; the median of the five ratios. Compiled: where the CPU has bfloat16 instructions, the P001 rows and the
-network row are measured again with the networks that ``lightseg compile`` builds (run first, in a temporary LightSeg
-home; the eager rows run with an empty one).
+its slices; the median of the five ratios. Floor: a fresh interpreter's ``import torch`` plus the network's forward
+on P001's lung slices, the least any fresh process with torch can take. Compiled: where the CPU has bfloat16
+instructions, the P001 rows and the network row are measured again with the networks that ``lightseg compile`` builds
+(run first, in a temporary LightSeg home; the eager rows run with an empty one).
 """
 
 from __future__ import annotations
@@ -276,6 +277,34 @@ def warm_process_rows(tmp: Path, seconds: float, homes: list[Path]) -> None:
     print(f"\nP001 lung mask and crop boxes (median of 5): {statistics.median(masks):.2f} s (min {min(masks):.2f}); "
           f"the network's forward on its {len(scan.crops.slices)} lung slices {statistics.median(networks):.2f} s, "
           f"taking turns; ratio {ratio:.2f} (median of the 5 pairs)")
+    floor_rows(forms, len(scan.crops.slices), seconds)
+
+
+def torch_import_seconds() -> float:
+    """Wall time of a fresh interpreter that only imports torch: what every `lightseg segment` pays first."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.perf_counter() - start
+
+
+def floor_rows(forms: list, lung_slices: int, seconds: float) -> None:
+    """The least a fresh `lightseg segment` of P001 can take with torch: a fresh ``import torch`` plus the network's
+    forward on P001's lung slices and nothing else (no reading, lung mask, mapping back or writing), against the
+    reference forward measured right before (median of 3 turns)."""
+    print(f"\n{'floor of P001 end to end with torch':<50} {'import':>7} {'network':>8} {'sum':>6} {'ref s':>7} "
+          f"{'ratio':>6}")
+    for form, segmenter in forms:
+        network = segmenter.model if segmenter.compiled is None else segmenter.compiled
+        turns = []
+        for _ in range(3):
+            reference = 148 / slices_per_second(reference_miniseg().eval(), 1, 3, 512, torch.device("cpu"), seconds)
+            start_up = torch_import_seconds()
+            forward = lung_slices / slices_per_second(network, segmenter.batch_size, 3, 288, torch.device("cpu"),
+                                                      seconds / 4, True)
+            turns.append((start_up, forward, reference))
+        start_up, forward, reference = sorted(turns, key=lambda t: (t[0] + t[1]) / t[2])[1]
+        print(f"{'import torch + network forward, ' + form:<50} {start_up:7.2f} {forward:8.2f} "
+              f"{start_up + forward:6.2f} {reference:7.2f} {(start_up + forward) / reference:6.2f}")
 
 
 if __name__ == "__main__":
