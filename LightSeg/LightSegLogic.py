@@ -76,10 +76,11 @@ class LightSegCoreLogic:
     @staticmethod
     def compiledText(card):
         """Whether this computer runs the model's compiled network (``lightseg compile``), for the tooltip."""
-        from LightSegLib.compiled import is_compiled
+        from LightSegLib.compiled import compiled_form
 
-        if is_compiled(card):
-            return "network: compiled for this computer's CPU (bfloat16)"
+        form = compiled_form(card)
+        if form is not None:
+            return f"network: {form}, for this computer's CPU"
         return f"network: eager (run 'lightseg compile --model {card.id}' once to compile it for this CPU)"
 
     @staticmethod

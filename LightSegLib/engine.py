@@ -59,7 +59,7 @@ class Segmentation:
     notes: list[str] = field(default_factory=list)  # what was decided about the input (a prone patient turned)
     # with a pattern model: 0 none, 1 ground-glass, 2 consolidation on the input's grid (patterns/pattern_map.py)
     patterns: sitk.Image | None = None
-    network_form: str = "eager fp32"  # or "compiled bf16" (compiled.py), for volumes on the CPU
+    network_form: str = "eager fp32"  # or a compiled form's name (compiled.py), for volumes on the CPU
 
 
 def back_onto_slices(prob_small: torch.Tensor, z: np.ndarray, boxes: np.ndarray, to_slice: torch.Tensor, height: int,
@@ -92,7 +92,7 @@ class Segmenter:
         # channels_last suits oneDNN's depthwise kernels on the CPU (measured in benchmarks/bench_inference.py)
         self.model = inference_form(load_network(card)).to(self.device, memory_format=torch.channels_last)
         self.compiled, self.compiled_note = load_compiled(card, self.spec, self.device) if compiled else (None, "")
-        self.network_form = "compiled bf16" if self.compiled is not None else "eager fp32"
+        self.network_form = self.compiled.form if self.compiled is not None else "eager fp32"
         self.batch_size = batch_size or (32 if self.device.type == "cuda" else 8)
         self.patterns = patterns
         self.threshold = THRESHOLD  # infection probability at or above which a voxel is infection

@@ -14,9 +14,9 @@ minutes); the rows take turns, so each repeat of every row falls in the same str
 second of two segmentations of P001 in this process (a Slicer session or a batch worker), read and write included.
 Lung mask: P001's lung mask and crop boxes in this process, five times, each followed by the network's forward for
 its slices; the median of the five ratios. Floor: a fresh interpreter's ``import torch`` plus the network's forward
-on P001's lung slices, the least any fresh process with torch can take. Compiled: where the CPU has bfloat16
-instructions, the P001 rows and the network row are measured again with the networks that ``lightseg compile`` builds
-(run first, in a temporary LightSeg home; the eager rows run with an empty one).
+on P001's lung slices, the least any fresh process with torch can take. Compiled: the P001 rows and the network row
+are measured again with the networks that ``lightseg compile`` builds for this CPU (bfloat16 where it has the
+instructions, else ONNX Runtime; run first, in a temporary LightSeg home; the eager rows run with an empty one).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from LightSegLib import registry  # noqa: E402
 from LightSegLib.cards import load_network  # noqa: E402
-from LightSegLib.compiled import CompiledNetwork, artefact_path, cpu_has_bf16  # noqa: E402
+from LightSegLib.compiled import load_compiled  # noqa: E402
 from LightSegLib.io import read_image  # noqa: E402
 from LightSegLib.lung_crops import lung_crops  # noqa: E402
 from LightSegLib.pipeline import SegmentRequest, make_segmenter, segment_file  # noqa: E402
@@ -134,7 +134,7 @@ def run_segment(input_path: Path, out_dir: Path, home: Path, model: str = "minis
         sys.exit(f"segment failed: {result.stderr.strip()}")
     peak_mb = int(result.stdout.strip().splitlines()[-1]) / 1024
     report = json.loads(report.read_text())
-    if report["model"]["network_form"] != ("compiled bf16" if (home / "compiled").is_dir() else "eager fp32"):
+    if report["model"]["network_form"].startswith("compiled") != (home / "compiled").is_dir():
         sys.exit(f"segment ran the {report['model']['network_form']} network with LightSeg home {home}")
     return {"wall_s": wall, "peak_rss_mb": peak_mb, "timings": report["timings_s"]}
 
@@ -144,12 +144,14 @@ def compiled_rows(home: Path, seconds: float) -> None:
     pairs; the ratio is the median of the per-pair ratios)."""
     card = registry.resolve("miniseg-covid")
     eager = inference_form(load_network(card)).to(memory_format=torch.channels_last)
-    compiled = CompiledNetwork(home / "compiled" / artefact_path(card, card.input_spec()).name)
+    before, os.environ["LIGHTSEG_HOME"] = os.environ.get("LIGHTSEG_HOME"), str(home)
+    compiled, _ = load_compiled(card, card.input_spec(), torch.device("cpu"))
+    os.environ.pop("LIGHTSEG_HOME") if before is None else os.environ.update(LIGHTSEG_HOME=before)
     pairs = [(slices_per_second(eager, 8, 3, 288, torch.device("cpu"), seconds / 2, True),
               slices_per_second(compiled, 8, 3, 288, torch.device("cpu"), seconds / 2, True)) for _ in range(5)]
     eager_rate, compiled_rate = (statistics.median(rates) for rates in zip(*pairs))
     ratio = statistics.median(c / e for e, c in pairs)
-    print(f"MiniSeg at 288, batch 8, alternating (median of 5): eager fp32 {eager_rate:.1f} slices/s, compiled bf16 "
+    print(f"MiniSeg at 288, batch 8, alternating (median of 5): eager fp32 {eager_rate:.1f} slices/s, {compiled.form} "
           f"{compiled_rate:.1f} slices/s: x{ratio:.2f}")
 
 
@@ -201,12 +203,8 @@ def main() -> None:
         tmp = Path(tmp)
         eager_home, compiled_home = tmp / "home-eager", tmp / "home-compiled"
         eager_home.mkdir()
-        compiled = cpu_has_bf16()
-        if compiled:
-            build_compiled(compiled_home, ("miniseg-covid", "miniseg-confirm"))
-            compiled_rows(compiled_home, args.seconds)
-        else:
-            print("\nthis CPU has no bfloat16 instructions: no compiled rows")
+        build_compiled(compiled_home, ("miniseg-covid", "miniseg-confirm"))
+        compiled_rows(compiled_home, args.seconds)
         # the card's settings, with test-time flips (one more network pass each, besides the plain one), and the
         # model whose components a second network confirms (two networks a slice)
         default = "miniseg-covid"
@@ -214,9 +212,8 @@ def main() -> None:
                    ("P001 DICOM, flips horizontal,vertical", P001, 148, default,
                     ("--test-time-flips", "horizontal,vertical"), eager_home),
                    ("P001 DICOM, miniseg-covid-confirmed", P001, 148, "miniseg-covid-confirmed", (), eager_home)]
-        if compiled:
-            volumes += [("P001 DICOM, compiled", P001, 148, default, (), compiled_home),
-                        ("P001 DICOM, confirmed, compiled", P001, 148, "miniseg-covid-confirmed", (), compiled_home)]
+        volumes += [("P001 DICOM, compiled", P001, 148, default, (), compiled_home),
+                    ("P001 DICOM, confirmed, compiled", P001, 148, "miniseg-covid-confirmed", (), compiled_home)]
         if not args.skip_600:
             volumes.append(("P001 x4, 512x512x600 (NRRD)", make_600(tmp), 600, default, (), eager_home))
         print(f"\n{'end to end on the CPU (lightseg segment)':<36} {'wall s':>7} {'ref s':>7} {'ratio':>6} "
@@ -238,7 +235,7 @@ def main() -> None:
         print(f"\nwall s, ref s: the run with the median ratio of {args.repeats} (peak RSS: the largest); ref s: the "
               "reference forward alone for the same number of slices at 512 x 512 (no IO, no lung mask), measured "
               "right before that run.")
-        warm_process_rows(tmp, args.seconds, [eager_home] + ([compiled_home] if compiled else []))
+        warm_process_rows(tmp, args.seconds, [eager_home, compiled_home])
 
 
 def warm_process_rows(tmp: Path, seconds: float, homes: list[Path]) -> None:

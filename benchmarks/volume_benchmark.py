@@ -8,8 +8,8 @@ must pass.
 A model is an id, a card path, or REVISION:ID for a bundled model as committed at a git revision (its card and weights
 are read with `git show`), so earlier defaults can be compared without keeping copies of them. Each model runs as
 `lightseg segment` runs it (the card's test-time flips and 3D post-processing, unless --test-time-flips or
---postprocessing replace them for every model), with its eager fp32 network; MODEL+compiled runs the bfloat16
-network that `lightseg compile` builds (built first where this LightSeg home has none).
+--postprocessing replace them for every model), with its eager fp32 network; MODEL+compiled runs the compiled
+network that `lightseg compile` builds for this CPU (built first where this LightSeg home has none).
 
 Per model and case: for a case with radiologists' slice labels (P001: COVID-19; cap002: other pneumonia), the ROC AUC
 of the predicted infected area per slice with a 95 % block-bootstrap interval, and sensitivity and specificity of
@@ -312,7 +312,7 @@ def make_segmenter(model: str | Path, compiled: bool, kwargs: dict) -> Segmenter
         for each in networks_of(card):
             compile_network(each)
     segmenter = Segmenter(card, "cpu", compiled=compiled, **kwargs)
-    if compiled and segmenter.network_form != "compiled bf16":
+    if compiled and segmenter.compiled is None:
         raise LightSegError(f"the compiled network did not load ({segmenter.compiled_note})", card.path)
     return segmenter
 
