@@ -34,6 +34,7 @@ FORM_VERSION = 1  # bump when models/inference.py changes what the engine comput
 BF16 = "bf16"  # AOTInductor in bfloat16, a .pt2 package
 ONNX = "onnx-fp32"  # ONNX Runtime in fp32, a .onnx file
 FORM_NAMES = {BF16: "compiled bf16", ONNX: "compiled fp32 (ONNX Runtime)"}  # as reports and tooltips say it
+SUFFIXES = {BF16: ".pt2", ONNX: ".onnx"}
 
 
 def compiled_dir() -> Path:
@@ -62,10 +63,14 @@ def artefact_path(card: ModelCard, spec: InputSpec, form: str | None = None) -> 
     height, width = spec.size
     torch_version = torch.__version__.replace("+", "-")
     capability = torch.backends.cpu.get_cpu_capability().lower()
-    suffix = ".pt2" if form == BF16 else ".onnx"
     name = (f"{card.architecture}-{card.weights_sha256[:16]}-form{FORM_VERSION}-torch{torch_version}-{capability}-"
-            f"{form}-b{BATCH}x{channels}x{height}x{width}{suffix}")
+            f"{form}-b{BATCH}x{channels}x{height}x{width}{SUFFIXES[form]}")
     return compiled_dir() / name
+
+
+def form_of(artefact: Path) -> str:
+    """The form of a compiled artefact, by its file type."""
+    return next(form for form, suffix in SUFFIXES.items() if artefact.suffix == suffix)
 
 
 def built_artefact(card: ModelCard, spec: InputSpec) -> Path | None:
@@ -88,7 +93,7 @@ def is_compiled(card: ModelCard) -> bool:
 def compiled_form(card: ModelCard) -> str | None:
     """The name of the compiled form the engine would run for ``card`` on this computer (None: the eager network)."""
     path = built_artefact(card, card.input_spec())
-    return None if path is None else FORM_NAMES[BF16 if path.suffix == ".pt2" else ONNX]
+    return None if path is None else FORM_NAMES[form_of(path)]
 
 
 class _Logits(nn.Module):
@@ -236,7 +241,7 @@ def load_compiled(card: ModelCard, spec: InputSpec, device: torch.device
     if path is None:
         return None, ""
     try:
-        return (CompiledNetwork(path) if path.suffix == ".pt2" else OnnxNetwork(path)), ""
+        return (CompiledNetwork(path) if form_of(path) == BF16 else OnnxNetwork(path)), ""
     except Exception as exc:  # a damaged artefact must not stop a segmentation: the eager network runs instead
         return None, (f"the compiled network {path} could not be loaded ({type(exc).__name__}); the eager network "
                       "ran instead (rebuild it with `lightseg compile --force`)")

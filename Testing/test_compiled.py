@@ -13,13 +13,9 @@ import torch
 from conftest import run_cli
 from LightSegLib.cards import ModelCard, load_network, save_model
 from LightSegLib.compiled import (BF16, FORM_NAMES, ONNX, CompiledNetwork, OnnxNetwork, artefact_path, compile_network,
-                                  compiled_dir, form_for_this_cpu)
+                                  compiled_dir, form_for_this_cpu, form_of)
 from LightSegLib.engine import Segmenter
 from LightSegLib.models.inference import inference_form
-
-
-def form_of(artefact: Path) -> str:
-    return BF16 if artefact.suffix == ".pt2" else ONNX
 
 
 @pytest.fixture(scope="module")

@@ -144,9 +144,13 @@ def compiled_rows(home: Path, seconds: float) -> None:
     pairs; the ratio is the median of the per-pair ratios)."""
     card = registry.resolve("miniseg-covid")
     eager = inference_form(load_network(card)).to(memory_format=torch.channels_last)
-    before, os.environ["LIGHTSEG_HOME"] = os.environ.get("LIGHTSEG_HOME"), str(home)
+    before = os.environ.get("LIGHTSEG_HOME")
+    os.environ["LIGHTSEG_HOME"] = str(home)  # where load_compiled looks
     compiled, _ = load_compiled(card, card.input_spec(), torch.device("cpu"))
-    os.environ.pop("LIGHTSEG_HOME") if before is None else os.environ.update(LIGHTSEG_HOME=before)
+    if before is None:
+        del os.environ["LIGHTSEG_HOME"]
+    else:
+        os.environ["LIGHTSEG_HOME"] = before
     pairs = [(slices_per_second(eager, 8, 3, 288, torch.device("cpu"), seconds / 2, True),
               slices_per_second(compiled, 8, 3, 288, torch.device("cpu"), seconds / 2, True)) for _ in range(5)]
     eager_rate, compiled_rate = (statistics.median(rates) for rates in zip(*pairs))
